@@ -1,0 +1,1 @@
+"""Performers (FAVOR+) and other efficient attention in JAX and Flax NNX."""
