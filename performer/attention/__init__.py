@@ -100,9 +100,7 @@ def create(
 
 def _lookup(name: str) -> type[nnx.Module]:
   if name not in _REGISTRY:
-    raise ValueError(
-      f'unknown attention {name!r}; valid names: {names()}'
-    )
+    raise ValueError(f'unknown attention {name!r}; valid names: {names()}')
   return _REGISTRY[name]
 
 
