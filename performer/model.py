@@ -1,0 +1,621 @@
+"""The shared transformer: embeddings, pre-LayerNorm blocks and task heads.
+
+One encoder stack serves every task and every attention variant; the
+variant is picked by name from the `performer.attention` registry and is the
+only part that changes. Three heads sit on top of the encoder:
+
+- `LanguageModel`: next-token logits for every position (causal by default).
+- `Classifier`: one label per sequence, pooled with a CLS token or a masked
+  mean (LRA ListOps, Text, Image, Pathfinder).
+- `DualEncoder`: one label per pair of sequences, both encoded by the same
+  encoder and combined as [u, v, u * v, u - v] (LRA Retrieval).
+
+Dropout layers hold no random stream; randomness comes at call time:
+
+  model = create_model(config.model, rngs=nnx.Rngs(0))
+  logits_BLV = model(tokens_BL, mask_BL, train=True,
+                     rngs=nnx.Rngs(dropout=jax.random.fold_in(key, step)))
+
+Masks are [batch, length] with True for real tokens; they reach the
+attention as key-padding masks and the mean pooling as weights.
+
+Mixed precision: parameters are always float32; activations use the
+configured compute dtype; the final LayerNorm, the heads and the returned
+logits are float32.
+"""
+
+import typing
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from performer import attention
+from performer.attention import common
+
+HEADS = ('lm', 'classifier', 'dual_encoder')
+POSITIONS = ('learned', 'sinusoidal', 'rotary', 'none')
+POOLS = ('cls', 'mean')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# Option types that a ConfigDict placeholder (and so a command-line
+# override) can carry.
+_PLACEHOLDER_TYPES = (bool, int, float, str)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the model configuration with its defaults.
+
+  Fields:
+    head: 'lm', 'classifier' or 'dual_encoder'.
+    vocab_size: number of token ids.
+    max_len: size of the learned position table (only 'learned' positions
+      limit the sequence length).
+    emb_dim: width of the residual stream.
+    num_heads: attention heads.
+    num_layers: transformer blocks.
+    qkv_dim: total width of the queries, keys and values (split evenly over
+      the heads).
+    mlp_dim: hidden width of the blocks' MLPs and of the classifier heads.
+    dropout_rate: dropout on the embeddings and on each residual branch.
+    position: 'learned' or 'sinusoidal' (added to the embeddings), 'rotary'
+      (applied to queries and keys in every block) or 'none'.
+    rotary_base: wavelength base of the rotary encoding.
+    attention: a registered attention variant, one of
+      `performer.attention.names()`.
+    attention_options: one sub-dict per registered variant holding that
+      variant's options; the model passes
+      `attention_options[attention]` to `attention.create`. Options whose
+      registry default is None become typed placeholders (None until set)
+      when their annotation names one scalar type, so they can still be set
+      from the command line; None is dropped before `create`, which then
+      uses the variant's own default. Options of other types with a None
+      default are left out; set them in a config file.
+    causal: whether position i attends only to positions <= i. Must be
+      False for the classifier heads.
+    tie_embeddings: whether the LM's output projection reuses the token
+      embedding table.
+    num_classes: classes of the classifier heads.
+    pool: 'cls' (a learned token prepended to the sequence) or 'mean'
+      (average over real tokens).
+    dtype: compute dtype, 'float32' or 'bfloat16'; parameters stay float32.
+  """
+  config = ml_collections.ConfigDict()
+  config.head = 'lm'
+  config.vocab_size = 256
+  config.max_len = 2048
+  config.emb_dim = 256
+  config.num_heads = 4
+  config.num_layers = 4
+  config.qkv_dim = 256
+  config.mlp_dim = 1024
+  config.dropout_rate = 0.1
+  config.position = 'learned'
+  config.rotary_base = 10000.0
+  config.attention = 'favor'
+  config.attention_options = default_attention_options()
+  config.causal = True
+  config.tie_embeddings = False
+  config.num_classes = 2
+  config.pool = 'cls'
+  config.dtype = 'float32'
+  return config
+
+
+def default_attention_options() -> ml_collections.ConfigDict:
+  """One sub-dict of registry defaults per registered attention variant."""
+  options = ml_collections.ConfigDict()
+  for name in attention.names():
+    variant = ml_collections.ConfigDict()
+    for key, value in attention.defaults(name).items():
+      if value is None:
+        field_type = _option_type(name, key)
+        if field_type is None:
+          continue
+        value = ml_collections.config_dict.placeholder(field_type)
+      variant[key] = value
+    options[name] = variant
+  return options
+
+
+def _option_type(name: str, key: str) -> type | None:
+  """The one scalar type that option `key` of variant `name` is declared as.
+
+  Returns None when the annotation is missing, cannot be resolved, or allows
+  several types.
+  """
+  # The registry exposes defaults but not annotations, so read them from the
+  # registered class.
+  init = attention._lookup(name).__init__
+  try:
+    hint = typing.get_type_hints(init).get(key)
+  except (NameError, TypeError):
+    return None
+  kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+  if len(kinds) == 1 and kinds[0] in _PLACEHOLDER_TYPES:
+    return kinds[0]
+  return None
+
+
+def sinusoidal_positions(positions_L: jax.Array, dim: int) -> jax.Array:
+  """Fixed sine/cosine position encodings (Vaswani et al., 2017).
+
+  Args:
+    positions_L: integer or float positions.
+    dim: encoding width; must be even.
+
+  Returns:
+    [L, dim] float32 encodings; channel 2i is sin(p / base^(2i / dim)) and
+    channel 2i + 1 the matching cosine, with base 10000.
+  """
+  inv_freq_F = 10000.0 ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angles_LF = positions_L.astype(jnp.float32)[:, None] * inv_freq_F[None]
+  enc_LF2 = jnp.stack([jnp.sin(angles_LF), jnp.cos(angles_LF)], axis=-1)
+  return enc_LF2.reshape(positions_L.shape[0], dim)
+
+
+def apply_rotary(
+  x_BLHD: jax.Array, positions_L: jax.Array, base: float = 10000.0
+) -> jax.Array:
+  """Rotary position embedding (Su et al., RoFormer).
+
+  Channel i and channel i + D/2 form a pair that is rotated by the angle
+  p * base^(-2i / D) at position p, so the dot product of a rotated query at
+  position p and a rotated key at position s depends on p - s only.
+
+  Args:
+    x_BLHD: queries or keys; the head dim D must be even.
+    positions_L: integer positions of the L tokens.
+    base: wavelength base.
+
+  Returns:
+    The rotated tensor, in the dtype of `x_BLHD` (the rotation itself runs
+    in float32 so that long positions keep their angle precision).
+  """
+  half = x_BLHD.shape[-1] // 2
+  inv_freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / (2 * half))
+  angles_LF = positions_L.astype(jnp.float32)[:, None] * inv_freq_F[None]
+  cos_1L1F = jnp.cos(angles_LF)[None, :, None, :]
+  sin_1L1F = jnp.sin(angles_LF)[None, :, None, :]
+  x = x_BLHD.astype(jnp.float32)
+  x1_BLHF, x2_BLHF = x[..., :half], x[..., half:]
+  out_BLHD = jnp.concatenate(
+    [
+      x1_BLHF * cos_1L1F - x2_BLHF * sin_1L1F,
+      x2_BLHF * cos_1L1F + x1_BLHF * sin_1L1F,
+    ],
+    axis=-1,
+  )
+  return out_BLHD.astype(x_BLHD.dtype)
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block around a registered attention variant."""
+
+  def __init__(
+    self,
+    *,
+    emb_dim: int,
+    num_heads: int,
+    qkv_dim: int,
+    mlp_dim: int,
+    dropout_rate: float,
+    attention_name: str,
+    attention_options: dict,
+    causal: bool,
+    rotary: bool,
+    rotary_base: float,
+    dtype: jnp.dtype,
+    rngs: nnx.Rngs,
+  ):
+    head_dim = qkv_dim // num_heads
+    self.rotary = rotary
+    self.rotary_base = rotary_base
+    self.dtype = dtype
+    self.attn_norm = nnx.LayerNorm(emb_dim, dtype=dtype, rngs=rngs)
+    self.query, self.key, self.value = (
+      nnx.LinearGeneral(emb_dim, (num_heads, head_dim), dtype=dtype, rngs=rngs)
+      for _ in range(3)
+    )
+    self.attention = attention.create(
+      attention_name,
+      head_dim=head_dim,
+      causal=causal,
+      rngs=rngs,
+      **attention_options,
+    )
+    self.attn_out = nnx.LinearGeneral(
+      (num_heads, head_dim), emb_dim, axis=(-2, -1), dtype=dtype, rngs=rngs
+    )
+    self.attn_dropout = nnx.Dropout(dropout_rate)
+    self.mlp_norm = nnx.LayerNorm(emb_dim, dtype=dtype, rngs=rngs)
+    self.mlp_in = nnx.Linear(emb_dim, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp_out = nnx.Linear(mlp_dim, emb_dim, dtype=dtype, rngs=rngs)
+    self.mlp_dropout = nnx.Dropout(dropout_rate)
+
+  def __call__(
+    self,
+    x_BLE: jax.Array,
+    mask_BL: jax.Array | None,
+    positions_L: jax.Array,
+    *,
+    train: bool,
+    rngs: nnx.Rngs | None,
+  ) -> jax.Array:
+    h_BLE = self.attn_norm(x_BLE)
+    q_BLHD = self.query(h_BLE)
+    k_BLHD = self.key(h_BLE)
+    v_BLHD = self.value(h_BLE)
+    if self.rotary:
+      q_BLHD = apply_rotary(q_BLHD, positions_L, self.rotary_base)
+      k_BLHD = apply_rotary(k_BLHD, positions_L, self.rotary_base)
+    a_BLHD = self.attention(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+    a_BLE = self.attn_out(a_BLHD.astype(self.dtype))
+    x_BLE = x_BLE + self.attn_dropout(a_BLE, deterministic=not train, rngs=rngs)
+
+    h_BLE = self.mlp_norm(x_BLE)
+    h_BLF = nnx.gelu(self.mlp_in(h_BLE))
+    h_BLE = self.mlp_out(h_BLF)
+    return x_BLE + self.mlp_dropout(h_BLE, deterministic=not train, rngs=rngs)
+
+
+class Encoder(nnx.Module):
+  """Token (+ position) embedding, a stack of blocks and a final LayerNorm.
+
+  With `cls_token`, a learned vector is prepended to every sequence after
+  the position embeddings are added (it carries no learned or sinusoidal
+  position; under rotary it sits at position 0 and the tokens at 1..L, which
+  leaves their relative offsets unchanged).
+  """
+
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    *,
+    causal: bool,
+    cls_token: bool,
+    rngs: nnx.Rngs,
+  ):
+    """Builds the encoder from a validated model config (see `create_model`)."""
+    self.dtype = DTYPES[config.dtype]
+    self.position = config.position
+    self.max_len = config.max_len
+    self.emb_dim = config.emb_dim
+    self.token_embed = nnx.Embed(
+      config.vocab_size, config.emb_dim, dtype=self.dtype, rngs=rngs
+    )
+    init = nnx.initializers.normal(0.02)
+    self.pos_embed_PE = (
+      nnx.Param(init(rngs.params(), (config.max_len, config.emb_dim)))
+      if self.position == 'learned'
+      else None
+    )
+    self.cls_E = (
+      nnx.Param(init(rngs.params(), (config.emb_dim,))) if cls_token else None
+    )
+    self.embed_dropout = nnx.Dropout(config.dropout_rate)
+    options = config.attention_options.get(config.attention, {})
+    if isinstance(options, ml_collections.ConfigDict):
+      options = options.to_dict()
+    # None means "the variant's default" (see `default_config`).
+    options = {k: v for k, v in options.items() if v is not None}
+    self.blocks = nnx.List(
+      [
+        Block(
+          emb_dim=config.emb_dim,
+          num_heads=config.num_heads,
+          qkv_dim=config.qkv_dim,
+          mlp_dim=config.mlp_dim,
+          dropout_rate=config.dropout_rate,
+          attention_name=config.attention,
+          attention_options=options,
+          causal=causal,
+          rotary=self.position == 'rotary',
+          rotary_base=config.rotary_base,
+          dtype=self.dtype,
+          rngs=rngs,
+        )
+        for _ in range(config.num_layers)
+      ]
+    )
+    # The heads and the loss read these features; float32 keeps the logits
+    # precise under bf16 compute.
+    self.final_norm = nnx.LayerNorm(
+      config.emb_dim, dtype=jnp.float32, rngs=rngs
+    )
+
+  def __call__(
+    self,
+    tokens_BL: jax.Array,
+    mask_BL: jax.Array | None = None,
+    *,
+    train: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
+    """Encodes a batch of token ids.
+
+    Args:
+      tokens_BL: int token ids.
+      mask_BL: optional bool key-padding mask, True for real tokens.
+      train: whether dropout is on.
+      rngs: random streams with a 'dropout' stream (needed when `train`).
+
+    Returns:
+      float32 features [B, T, E]; T = L + 1 when the encoder has a CLS token
+      (at index 0), else L.
+    """
+    b, l = tokens_BL.shape
+    if self.position == 'learned' and l > self.max_len:
+      raise ValueError(
+        f'sequence length {l} exceeds max_len={self.max_len} of the learned '
+        'position table'
+      )
+    x_BLE = self.token_embed(tokens_BL)
+    if self.position == 'learned':
+      x_BLE = x_BLE + self.pos_embed_PE[:l].astype(self.dtype)[None]
+    elif self.position == 'sinusoidal':
+      enc_LE = sinusoidal_positions(jnp.arange(l), self.emb_dim)
+      x_BLE = x_BLE + enc_LE.astype(self.dtype)[None]
+    x_BLE = self.embed_dropout(x_BLE, deterministic=not train, rngs=rngs)
+    if mask_BL is not None:
+      mask_BL = mask_BL.astype(bool)
+    if self.cls_E is not None:
+      cls_B1E = jnp.broadcast_to(
+        self.cls_E[...].astype(self.dtype), (b, 1, self.emb_dim)
+      )
+      x_BLE = jnp.concatenate([cls_B1E, x_BLE], axis=1)
+      if mask_BL is not None:
+        mask_BL = jnp.concatenate([jnp.ones((b, 1), bool), mask_BL], axis=1)
+    positions_L = jnp.arange(x_BLE.shape[1])
+    for block in self.blocks:
+      x_BLE = block(x_BLE, mask_BL, positions_L, train=train, rngs=rngs)
+    return self.final_norm(x_BLE)
+
+
+class LanguageModel(nnx.Module):
+  """Encoder plus a projection to next-token logits."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """Builds the model from a validated config (see `create_model`)."""
+    self.dropout_rate = config.dropout_rate
+    self.encoder = Encoder(
+      config, causal=config.causal, cls_token=False, rngs=rngs
+    )
+    self.output = (
+      None
+      if config.tie_embeddings
+      else nnx.Linear(
+        config.emb_dim, config.vocab_size, dtype=jnp.float32, rngs=rngs
+      )
+    )
+
+  def __call__(
+    self,
+    tokens_BL: jax.Array,
+    mask_BL: jax.Array | None = None,
+    *,
+    train: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
+    """Returns float32 logits [B, L, V]; position i predicts token i + 1.
+
+    Args:
+      tokens_BL: int token ids.
+      mask_BL: optional bool key-padding mask, True for real tokens.
+      train: whether dropout is on.
+      rngs: random streams with a 'dropout' stream (needed when `train` and
+        the dropout rate is positive).
+    """
+    _check_rngs(train, rngs, self.dropout_rate)
+    x_BLE = self.encoder(tokens_BL, mask_BL, train=train, rngs=rngs)
+    if self.output is None:
+      table_VE = self.encoder.token_embed.embedding[...]
+      return jnp.einsum('ble,ve->blv', x_BLE, table_VE.astype(jnp.float32))
+    return self.output(x_BLE)
+
+
+class Classifier(nnx.Module):
+  """Encoder, pooling and an MLP to class logits."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """Builds the model from a validated config (see `create_model`)."""
+    self.dropout_rate = config.dropout_rate
+    self.pool = config.pool
+    self.encoder = Encoder(
+      config, causal=False, cls_token=config.pool == 'cls', rngs=rngs
+    )
+    self.head = _MlpHead(
+      config.emb_dim, config.mlp_dim, config.num_classes, rngs=rngs
+    )
+
+  def __call__(
+    self,
+    tokens_BL: jax.Array,
+    mask_BL: jax.Array | None = None,
+    *,
+    train: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
+    """Returns float32 class logits [B, C].
+
+    Args:
+      tokens_BL: int token ids.
+      mask_BL: optional bool padding mask, True for real tokens.
+      train: whether dropout is on.
+      rngs: random streams with a 'dropout' stream (needed when `train` and
+        the dropout rate is positive).
+    """
+    _check_rngs(train, rngs, self.dropout_rate)
+    x_BTE = self.encoder(tokens_BL, mask_BL, train=train, rngs=rngs)
+    return self.head(_pool(x_BTE, mask_BL, self.pool))
+
+
+class DualEncoder(nnx.Module):
+  """Two sequences through one shared encoder, pooled and compared.
+
+  The pooled vectors u and v are combined as [u, v, u * v, u - v] (as in
+  the LRA retrieval baseline) and classified by an MLP.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    """Builds the model from a validated config (see `create_model`)."""
+    self.dropout_rate = config.dropout_rate
+    self.pool = config.pool
+    self.encoder = Encoder(
+      config, causal=False, cls_token=config.pool == 'cls', rngs=rngs
+    )
+    self.head = _MlpHead(
+      4 * config.emb_dim, config.mlp_dim, config.num_classes, rngs=rngs
+    )
+
+  def __call__(
+    self,
+    tokens1_BL: jax.Array,
+    tokens2_BL: jax.Array,
+    mask1_BL: jax.Array | None = None,
+    mask2_BL: jax.Array | None = None,
+    *,
+    train: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ) -> jax.Array:
+    """Returns float32 class logits [B, C] for the pairs.
+
+    Args:
+      tokens1_BL: int token ids of the first sequences.
+      tokens2_BL: int token ids of the second sequences (any length).
+      mask1_BL: optional bool padding mask of the first sequences.
+      mask2_BL: optional bool padding mask of the second sequences.
+      train: whether dropout is on.
+      rngs: random streams with a 'dropout' stream (needed when `train` and
+        the dropout rate is positive).
+    """
+    _check_rngs(train, rngs, self.dropout_rate)
+    b = tokens1_BL.shape[0]
+    if tokens1_BL.shape == tokens2_BL.shape:
+      # One pass over the stacked batch: half the traced graph of two calls.
+      mask_2BL = None
+      if mask1_BL is not None or mask2_BL is not None:
+        ones_BL = jnp.ones(tokens1_BL.shape, bool)
+        mask_2BL = jnp.concatenate(
+          [
+            ones_BL if m is None else m.astype(bool)
+            for m in (mask1_BL, mask2_BL)
+          ]
+        )
+      tokens_2BL = jnp.concatenate([tokens1_BL, tokens2_BL])
+      x_2BTE = self.encoder(tokens_2BL, mask_2BL, train=train, rngs=rngs)
+      pooled_2BE = _pool(x_2BTE, mask_2BL, self.pool)
+      u_BE, v_BE = pooled_2BE[:b], pooled_2BE[b:]
+    else:
+      x1_BTE = self.encoder(tokens1_BL, mask1_BL, train=train, rngs=rngs)
+      x2_BTE = self.encoder(tokens2_BL, mask2_BL, train=train, rngs=rngs)
+      u_BE = _pool(x1_BTE, mask1_BL, self.pool)
+      v_BE = _pool(x2_BTE, mask2_BL, self.pool)
+    combined_BF = jnp.concatenate([u_BE, v_BE, u_BE * v_BE, u_BE - v_BE], -1)
+    return self.head(combined_BF)
+
+
+class _MlpHead(nnx.Module):
+  """Linear -> gelu -> linear, in float32."""
+
+  def __init__(self, in_dim: int, hidden: int, out_dim: int, *, rngs):
+    self.hidden = nnx.Linear(in_dim, hidden, dtype=jnp.float32, rngs=rngs)
+    self.out = nnx.Linear(hidden, out_dim, dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x_BF: jax.Array) -> jax.Array:
+    return self.out(nnx.gelu(self.hidden(x_BF.astype(jnp.float32))))
+
+
+def _pool(x_BTE: jax.Array, mask_BL: jax.Array | None, pool: str) -> jax.Array:
+  """Pools encoder features to [B, E]: CLS slot or mean over real tokens."""
+  if pool == 'cls':
+    return x_BTE[:, 0]
+  if mask_BL is None:
+    return jnp.mean(x_BTE, axis=1)
+  weights_BL1 = mask_BL.astype(x_BTE.dtype)[..., None]
+  count_B1 = jnp.maximum(jnp.sum(weights_BL1, axis=1), 1.0)
+  return jnp.sum(x_BTE * weights_BL1, axis=1) / count_B1
+
+
+def _check_rngs(train: bool, rngs: nnx.Rngs | None, rate: float) -> None:
+  if train and rate > 0 and rngs is None:
+    raise ValueError(
+      'train=True with dropout_rate > 0 needs rngs with a dropout stream, '
+      'e.g. rngs=nnx.Rngs(dropout=key)'
+    )
+
+
+_MODELS = {
+  'lm': LanguageModel,
+  'classifier': Classifier,
+  'dual_encoder': DualEncoder,
+}
+
+
+def create_model(
+  model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs
+) -> nnx.Module:
+  """Validates `model_config` and builds the model its `head` names.
+
+  Args:
+    model_config: a config with the fields of `default_config()`.
+    rngs: random streams for the parameters and the attention variants' own
+      state.
+
+  Returns:
+    A `LanguageModel`, `Classifier` or `DualEncoder`.
+
+  Raises:
+    ValueError: for an unknown head, position, pool, dtype or attention
+      variant, invalid attention options, or inconsistent sizes.
+  """
+  validate_config(model_config)
+  return _MODELS[model_config.head](model_config, rngs=rngs)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field when `config` cannot build a model.
+
+  Attention options are checked by `attention.create` when the model is
+  built.
+  """
+  common.check_choice('head', config.head, HEADS)
+  common.check_choice('position', config.position, POSITIONS)
+  common.check_choice('pool', config.pool, POOLS)
+  common.check_choice('dtype', config.dtype, DTYPES)
+  attention.options(config.attention)  # The registry's error for bad names.
+  for field in (
+    'vocab_size',
+    'max_len',
+    'emb_dim',
+    'num_heads',
+    'num_layers',
+    'qkv_dim',
+    'mlp_dim',
+    'num_classes',
+  ):
+    common.check_positive_int(field, config[field])
+  if not 0.0 <= config.dropout_rate < 1.0:
+    raise ValueError(
+      f'dropout_rate must be in [0, 1), got {config.dropout_rate!r}'
+    )
+  if config.qkv_dim % config.num_heads:
+    raise ValueError(
+      f'qkv_dim={config.qkv_dim} must be divisible by '
+      f'num_heads={config.num_heads}'
+    )
+  head_dim = config.qkv_dim // config.num_heads
+  if config.position == 'rotary' and head_dim % 2:
+    raise ValueError(
+      f'rotary positions need an even head dim, got qkv_dim / num_heads = '
+      f'{head_dim}'
+    )
+  if config.position == 'sinusoidal' and config.emb_dim % 2:
+    raise ValueError(
+      f'sinusoidal positions need an even emb_dim, got {config.emb_dim}'
+    )
+  if config.head != 'lm' and config.causal:
+    raise ValueError(
+      f'head {config.head!r} encodes bidirectionally; set causal=False'
+    )
