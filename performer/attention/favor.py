@@ -1,0 +1,412 @@
+"""FAVOR+ attention (Performers, Choromanski et al., ICLR 2021).
+
+Softmax attention softmax(Q K^T / sqrt(D)) V is approximated with random
+features phi (see `features`): out_i = sum_j a_ij v_j / sum_j a_ij with
+a_ij = phi(q_i) . phi(k_j), computed as phi(Q) (phi(K)^T V) in O(L M D) time
+without ever forming the L x S matrix.
+
+Bidirectional: one [M, D] sum over all keys. Causal: chunk-wise. Inside a
+chunk of C positions a masked C x C product; across chunks a running [M, D]
+state and [M] normalizer carried by `lax.scan` over the L / C chunks.
+
+Stabilizer. Positive and trigonometric features contain exp(.) factors that
+overflow float32 for large inputs, so each key's features are split as
+phi(k_j) = base_j * exp(s_j) with base_j bounded (features.feature_parts).
+Query i uses keys relative to r_i = max_{j <= i, j real} s_j, the running
+prefix maximum: the weight of key j is exp(s_j - r_i) <= 1, and the carried
+state is rescaled by exp(r_prev - r_i) when the maximum grows (as in online
+softmax). r_i depends on no position after i, so causality is exact: output
+i is bit-for-bit unchanged when later inputs change. Bidirectional attention
+uses one maximum over the real keys. A query's own scale cancels between
+numerator and denominator and is dropped. Padded keys get base 0 and
+s = -inf: they enter neither sums nor maxima.
+
+Tensor names end in their shape: B batch, L query length, S key length,
+H heads, D head dim, M features (2 * num_features for 'softmax_trig', D for
+projection='none'), C chunk size, N chunks.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from performer import attention
+from performer.attention import common, features
+
+PROJECTIONS = features.PROJECTIONS + ('none',)
+
+
+class FeatureProjection(nnx.Variable):
+  """The random projection [M, D] that q and k share.
+
+  Not an `nnx.Param`: optimizers built with `wrt=nnx.Param` leave it alone,
+  while `nnx.state(model)` (and so every checkpoint) still holds it.
+  """
+
+
+class FeatureSeed(nnx.Variable):
+  """Raw key data of the per-module seed the projection is drawn from."""
+
+
+@jax.custom_jvp
+def _normalize(num_XD: jax.Array, den_X: jax.Array) -> jax.Array:
+  """num / den; zeros where den == 0 (a query that sees no real key)."""
+  return num_XD / jnp.where(den_X == 0, 1.0, den_X)[..., None]
+
+
+@_normalize.defjvp
+def _normalize_jvp(primals, tangents):
+  # For large inputs den can be ~1e-36: the default derivative -num / den^2
+  # would underflow den^2 to 0 and give inf (then NaN). -out / den is the
+  # same value and stays finite.
+  num_XD, den_X = primals
+  dnum_XD, dden_X = tangents
+  safe_X1 = jnp.where(den_X == 0, 1.0, den_X)[..., None]
+  out_XD = num_XD / safe_X1
+  return out_XD, (dnum_XD - out_XD * dden_X[..., None]) / safe_X1
+
+
+def _safe_max(r_X: jax.Array) -> jax.Array:
+  """A running maximum with -inf (no real key yet) replaced by 0."""
+  return jnp.where(r_X == -jnp.inf, 0.0, r_X)
+
+
+def _to_chunks(x_BLHD: jax.Array, chunk_size: int) -> jax.Array:
+  """[B, L, H, D] -> [N, B, H, C, D], zero-padded to N * C positions."""
+  b, l, h, d = x_BLHD.shape
+  c = min(chunk_size, l)  # A longer chunk would only add padding.
+  x_BLHD = common.pad_axis(x_BLHD, c, axis=1)
+  n = x_BLHD.shape[1] // c
+  return x_BLHD.reshape(b, n, c, h, d).transpose(1, 0, 3, 2, 4)
+
+
+def _from_chunks(x_NBHCD: jax.Array, length: int) -> jax.Array:
+  """Inverse of `_to_chunks`, dropping the padding."""
+  n, b, h, c, d = x_NBHCD.shape
+  return x_NBHCD.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, d)[:, :length]
+
+
+def _fold(carry, kbase_BHCM, ks_BHC, v_BHCD, rend_BH):
+  """Adds a chunk of keys and values to the carried state.
+
+  Args:
+    carry: (state_BHMD, norm_BHM, rprev_BH), sums relative to exp(rprev).
+    kbase_BHCM: key feature bases (zero for padded keys).
+    ks_BHC: key log scales (-inf for padded keys).
+    v_BHCD: values.
+    rend_BH: the new running maximum, max(rprev, max ks); stop_gradient'ed.
+
+  Returns:
+    The new carry, relative to exp(rend).
+  """
+  state_BHMD, norm_BHM, rprev_BH = carry
+  rend_safe_BH = _safe_max(rend_BH)
+  # <= 1; exactly 0 while the state is still empty (rprev = -inf).
+  decay_BH = jnp.exp(rprev_BH - rend_safe_BH)
+  phik_BHCM = kbase_BHCM * jnp.exp(ks_BHC - rend_safe_BH[..., None])[..., None]
+  state_BHMD = decay_BH[..., None, None] * state_BHMD + jnp.einsum(
+    'bhcm,bhcd->bhmd', phik_BHCM, v_BHCD
+  )
+  norm_BHM = decay_BH[..., None] * norm_BHM + jnp.sum(phik_BHCM, axis=2)
+  return state_BHMD, norm_BHM, rend_BH
+
+
+@attention.register('favor')
+class FavorAttention(nnx.Module):
+  """FAVOR+ attention: random-feature softmax attention, linear in length.
+
+  Example:
+    attn = attention.create('favor', head_dim=64, causal=True,
+                            rngs=nnx.Rngs(0), num_features=256)
+    out_BLHD = attn(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+    attention.redraw_features(model, step)  # In the train step, if wanted.
+  """
+
+  def __init__(
+    self,
+    *,
+    head_dim: int,
+    causal: bool,
+    rngs: nnx.Rngs,
+    num_features: int = 256,
+    kernel: str = 'softmax',
+    projection: str = 'orthogonal',
+    row_norm: str = 'chi',
+    kernel_eps: float = 1e-3,
+    redraw_interval: int = 0,
+    chunk_size: int = 64,
+  ):
+    """Builds the module.
+
+    Args:
+      head_dim: D, size of each head.
+      causal: whether position i only attends to positions <= i.
+      rngs: draws the module's seed (`rngs.params()`), from which the
+        projection is drawn.
+      num_features: M, rows of the random projection (the trigonometric
+        kernel has 2M features: a sin and a cos per row). Ignored for
+        projection='none', which has D features.
+      kernel: 'softmax' (positive features, FAVOR+), 'softmax_trig'
+        (trigonometric features) or a generalized kernel, one of
+        `features.GENERALIZED_KERNELS` ('relu', 'elu', 'exp', ...).
+      projection: 'orthogonal' (block-orthogonal rows), 'iid' (Gaussian) or
+        'none' (deterministic features f(x) + eps; generalized kernels only).
+      row_norm: row norms of orthogonal projections: 'chi' (norms of
+        Gaussian vectors) or 'sqrt_d'.
+      kernel_eps: added to generalized-kernel features so that the
+        normalizer stays positive (not used by 'softmax', 'softmax_trig' and
+        'exp', whose features are exponentials).
+      redraw_interval: `redraw(step)` draws a new projection every this many
+        steps; 0 keeps the projection fixed.
+      chunk_size: C, positions per chunk (causal: the C x C blocks;
+        bidirectional: how many keys or queries are featurized at once).
+        Per position the causal cost is about 2 D M (features) + C M (the
+        C x C block) + 2 M D (state); 64 was the fastest of 32 to 256 on CPU
+        for D=64, M=256, forward plus backward.
+    """
+    self.head_dim = head_dim
+    self.causal = causal
+    self.kernel = common.check_choice('kernel', kernel, features.KERNELS)
+    self.projection_kind = common.check_choice(
+      'projection', projection, PROJECTIONS
+    )
+    self.row_norm = common.check_choice(
+      'row_norm', row_norm, features.ROW_NORMS
+    )
+    if projection == 'none' and kernel in features.SOFTMAX_KERNELS:
+      raise ValueError(
+        f"projection 'none' needs a generalized kernel, got kernel "
+        f'{kernel!r}; valid: {sorted(features.GENERALIZED_KERNELS)}'
+      )
+    self.num_features = common.check_positive_int('num_features', num_features)
+    self.chunk_size = common.check_positive_int('chunk_size', chunk_size)
+    self.redraw_interval = common.check_positive_int(
+      'redraw_interval', redraw_interval, minimum=0
+    )
+    if (
+      isinstance(kernel_eps, bool)
+      or not isinstance(kernel_eps, int | float)
+      or not kernel_eps >= 0
+    ):
+      raise ValueError(f'kernel_eps must be a float >= 0, got {kernel_eps!r}')
+    self.kernel_eps = float(kernel_eps)
+
+    self.seed = FeatureSeed(jax.random.key_data(rngs.params()))
+    self.projection = (
+      None if projection == 'none' else FeatureProjection(self._draw(0))
+    )
+
+  def _draw(self, index) -> jax.Array:
+    key = jax.random.wrap_key_data(self.seed[...])
+    return features.draw_projection(
+      jax.random.fold_in(key, index),
+      self.num_features,
+      self.head_dim,
+      self.projection_kind,
+      self.row_norm,
+    )
+
+  def redraw(self, step) -> None:
+    """Sets the projection to the draw for `step`.
+
+    The draw depends only on (seed, step // redraw_interval), so every
+    device and every restart gets the same features. Does nothing when
+    redraw_interval is 0 or the features are deterministic. Jittable.
+
+    Args:
+      step: the global training step, a Python or (traced) JAX integer.
+    """
+    if self.redraw_interval == 0 or self.projection is None:
+      return
+    self.projection[...] = self._draw(step // self.redraw_interval)
+
+  def __call__(
+    self,
+    q_BLHD: jax.Array,
+    k_BSHD: jax.Array,
+    v_BSHD: jax.Array,
+    mask: jax.Array | None = None,
+  ) -> jax.Array:
+    """Attends from q to (k, v).
+
+    Args:
+      q_BLHD: queries.
+      k_BSHD: keys (S == L when causal).
+      v_BSHD: values.
+      mask: optional bool [B, S] key-padding mask, True = real token.
+
+    Returns:
+      [B, L, H, D] in the dtype of q; a query that sees no real key gives
+      zeros.
+    """
+    common.check_inputs(
+      q_BLHD, k_BSHD, v_BSHD, mask, self.head_dim, same_length=self.causal
+    )
+    dtype = q_BLHD.dtype
+    compute = common.compute_dtype(dtype)
+    q_BLHD, k_BSHD, v_BSHD = (
+      x.astype(compute) for x in (q_BLHD, k_BSHD, v_BSHD)
+    )
+    b, s = k_BSHD.shape[:2]
+    mask_BS = common.key_mask_or_ones(mask, b, s)
+    w_MD = None if self.projection is None else self.projection[...]
+    if w_MD is not None:
+      w_MD = w_MD.astype(compute)
+    if self.causal:
+      out_BLHD = self._causal(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
+    else:
+      out_BLHD = self._bidirectional(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
+    return out_BLHD.astype(dtype)
+
+  def _query_features(self, q_XD, w_MD):
+    # The query's log scale is a per-query factor that cancels.
+    base_XM, _ = features.feature_parts(
+      q_XD, w_MD, self.kernel, self.kernel_eps
+    )
+    return base_XM
+
+  def _key_features(self, k_XD, mask_X, w_MD):
+    """Key features as (base, log scale), padded keys removed."""
+    base_XM, logscale_X = features.feature_parts(
+      k_XD, w_MD, self.kernel, self.kernel_eps
+    )
+    # where, not multiply: a padded key's features may be inf or NaN.
+    base_XM = jnp.where(mask_X[..., None], base_XM, 0.0)
+    logscale_X = jnp.where(mask_X, logscale_X, -jnp.inf)
+    return base_XM, logscale_X
+
+  def _bidirectional(self, q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD):
+    # Two passes over chunks: fold all keys into one [M, D] state, then read
+    # it out per query chunk. Rematerializing each chunk in the backward pass
+    # keeps memory at O(L D) plus one state per key chunk, where the
+    # unchunked form would keep several L x M feature tensors alive.
+    kv_xs = (
+      _to_chunks(k_BSHD, self.chunk_size),
+      _to_chunks(v_BSHD, self.chunk_size),
+      _to_chunks(mask_BS[..., None, None], self.chunk_size)[:, :, 0, :, 0],
+    )
+
+    def fold_step(carry, xs):
+      k_BHCD, v_BHCD, mask_BC = xs
+      kbase_BHCM, ks_BHC = self._key_features(k_BHCD, mask_BC[:, None], w_MD)
+      rend_BH = jax.lax.stop_gradient(
+        jnp.maximum(carry[2], jnp.max(ks_BHC, axis=-1))
+      )
+      return _fold(carry, kbase_BHCM, ks_BHC, v_BHCD, rend_BH), None
+
+    init = self._empty_state(k_BSHD, w_MD)
+    (state_BHMD, norm_BHM, _), _ = jax.lax.scan(
+      jax.checkpoint(fold_step), init, kv_xs
+    )
+
+    def read(q_BHCD):
+      phiq_BHCM = self._query_features(q_BHCD, w_MD)
+      num_BHCD = jnp.einsum('bhcm,bhmd->bhcd', phiq_BHCM, state_BHMD)
+      den_BHC = jnp.einsum('bhcm,bhm->bhc', phiq_BHCM, norm_BHM)
+      return _normalize(num_BHCD, den_BHC)
+
+    q_NBHCD = _to_chunks(q_BLHD, self.chunk_size)
+    out_NBHCD = jax.lax.map(jax.checkpoint(read), q_NBHCD)
+    return _from_chunks(out_NBHCD, q_BLHD.shape[1])
+
+  def _empty_state(self, x_BLHD, w_MD):
+    """The carry (state, normalizer, running max) before any key."""
+    b, _, h, d = x_BLHD.shape
+    m = features.num_outputs(
+      self.kernel, self.num_features, d, w_MD is not None
+    )
+    return (
+      jnp.zeros((b, h, m, d), x_BLHD.dtype),
+      jnp.zeros((b, h, m), x_BLHD.dtype),
+      jnp.full((b, h), -jnp.inf, x_BLHD.dtype),
+    )
+
+  def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, w_MD):
+    # Padding sits after every real position and is masked, so it changes
+    # no real output.
+    xs = (
+      _to_chunks(q_BLHD, self.chunk_size),
+      _to_chunks(k_BLHD, self.chunk_size),
+      _to_chunks(v_BLHD, self.chunk_size),
+      _to_chunks(mask_BL[..., None, None], self.chunk_size)[:, :, 0, :, 0],
+    )
+    # Rematerializing the chunk in the backward pass keeps only the carried
+    # state per chunk alive instead of every chunk's features and C x C
+    # weights: O(L (M + D) + L M D / C) memory instead of several L x M.
+    step = jax.checkpoint(functools.partial(self._chunk_step, w_MD=w_MD))
+    _, out_NBHCD = jax.lax.scan(step, self._empty_state(q_BLHD, w_MD), xs)
+    return _from_chunks(out_NBHCD, q_BLHD.shape[1])
+
+  def _chunk_step(self, carry, xs, *, w_MD):
+    """One chunk: intra-chunk C x C part plus the carried prefix state."""
+    state_BHMD, norm_BHM, rprev_BH = carry
+    q_BHCD, k_BHCD, v_BHCD, mask_BC = xs
+    c = q_BHCD.shape[2]
+    phiq_BHCM = self._query_features(q_BHCD, w_MD)
+    kbase_BHCM, ks_BHC = self._key_features(k_BHCD, mask_BC[:, None], w_MD)
+
+    # Running maximum of the key log scales up to and including each query.
+    r_BHC = jax.lax.stop_gradient(
+      jnp.maximum(rprev_BH[..., None], jax.lax.cummax(ks_BHC, axis=2))
+    )
+    rsafe_BHC = _safe_max(r_BHC)
+    # exp(-inf) = 0 while the state is still empty.
+    carried_BHC = jnp.exp(rprev_BH[..., None] - rsafe_BHC)
+
+    causal_CC = jnp.tril(jnp.ones((c, c), bool))
+    # The mask goes into the exponent so that no inf (key j > i with a
+    # larger scale) appears even in the branch `where` discards, whose
+    # gradient would then be NaN.
+    expo_BHCC = jnp.where(
+      causal_CC, ks_BHC[..., None, :] - rsafe_BHC[..., :, None], -jnp.inf
+    )
+    a_BHCC = jnp.einsum('bhim,bhjm->bhij', phiq_BHCM, kbase_BHCM)
+    a_BHCC = jnp.where(causal_CC, a_BHCC * jnp.exp(expo_BHCC), 0.0)
+
+    num_BHCD = jnp.einsum('bhij,bhjd->bhid', a_BHCC, v_BHCD)
+    num_BHCD += carried_BHC[..., None] * jnp.einsum(
+      'bhim,bhmd->bhid', phiq_BHCM, state_BHMD
+    )
+    den_BHC = jnp.sum(a_BHCC, axis=-1)
+    den_BHC += carried_BHC * jnp.einsum('bhim,bhm->bhi', phiq_BHCM, norm_BHM)
+
+    carry = _fold(carry, kbase_BHCM, ks_BHC, v_BHCD, r_BHC[..., -1])
+    return carry, _normalize(num_BHCD, den_BHC)
+
+
+@attention.register('favor_scan')
+class FavorScanAttention(FavorAttention):
+  """FAVOR+ with the causal prefix sum as a per-token `lax.scan`.
+
+  The method of the original Performer code, kept as a benchmark baseline
+  for the chunked 'favor'; same options, features and stabilizer, so the
+  same numbers up to rounding. Its backward pass keeps the [M, D] state of
+  every position (O(L M D) memory); the original avoided that with a custom
+  VJP that recovers states by subtraction, which the online rescaling here
+  would make unstable. Bidirectional attention is the same as 'favor';
+  chunk_size is unused.
+  """
+
+  def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, w_MD):
+    phiq_BLHM = self._query_features(q_BLHD, w_MD)
+    kbase_BLHM, ks_BLH = self._key_features(k_BLHD, mask_BL[..., None], w_MD)
+
+    def step(carry, xs):
+      phiq_BHM, kbase_BHM, ks_BH, v_BHD = xs
+      r_BH = jax.lax.stop_gradient(jnp.maximum(carry[2], ks_BH))
+      # A chunk of one position.
+      carry = _fold(
+        carry, kbase_BHM[:, :, None], ks_BH[..., None], v_BHD[:, :, None], r_BH
+      )
+      state_BHMD, norm_BHM, _ = carry
+      num_BHD = jnp.einsum('bhm,bhmd->bhd', phiq_BHM, state_BHMD)
+      den_BH = jnp.einsum('bhm,bhm->bh', phiq_BHM, norm_BHM)
+      return carry, _normalize(num_BHD, den_BH)
+
+    xs = tuple(
+      jnp.moveaxis(x, 1, 0) for x in (phiq_BLHM, kbase_BLHM, ks_BLH, v_BLHD)
+    )
+    _, out_LBHD = jax.lax.scan(step, self._empty_state(q_BLHD, w_MD), xs)
+    return jnp.moveaxis(out_LBHD, 0, 1)
