@@ -35,9 +35,9 @@ B, L, H, D = 2, 29, 2, 8
 JIT_RTOL, JIT_ATOL = 1e-5, 1e-6
 
 
-def _inputs(dtype=jnp.float32, seed=0):
+def _inputs(dtype=jnp.float32, seed=0, scale=1.0):
   keys = jax.random.split(jax.random.key(seed), 3)
-  return [jax.random.normal(k, (B, L, H, D), dtype) for k in keys]
+  return [scale * jax.random.normal(k, (B, L, H, D), dtype) for k in keys]
 
 
 def _mask():
@@ -74,7 +74,11 @@ def test_shape_and_dtype(name, opts, causal, dtype):
 @pytest.mark.parametrize('name,opts', CASES, ids=IDS)
 def test_jit_matches_eager(name, opts, causal):
   attn = _create(name, opts, causal)
-  q, k, v = _inputs()
+  # Trigonometric features with 16 features and unit-norm inputs give
+  # near-zero denominators (an ill-conditioned output); smaller inputs keep
+  # the comparison about the compiler, not the conditioning.
+  scale = 0.3 if opts.get('kernel') == 'softmax_trig' else 1.0
+  q, k, v = _inputs(scale=scale)
   eager = attn(q, k, v, mask=_mask())
   jitted = nnx.jit(lambda m, q, k, v, mask: m(q, k, v, mask=mask))(
     attn, q, k, v, _mask()
