@@ -105,17 +105,4 @@ def _lookup(name: str) -> type[nnx.Module]:
 
 
 # Importing the families registers them.
-from performer.attention import softmax  # noqa: E402, F401
-
-try:  # Families still being written register when present.
-  from performer.attention import favor  # noqa: E402, F401
-except ImportError:
-  pass
-try:
-  from performer.attention import local  # noqa: E402, F401
-except ImportError:
-  pass
-try:
-  from performer.attention import sparse  # noqa: E402, F401
-except ImportError:
-  pass
+from performer.attention import favor, local, softmax, sparse  # noqa: E402, F401, I001
