@@ -1,0 +1,156 @@
+"""Metric computation and the writers that record them.
+
+Every evaluation reduces to three sums per batch (weighted loss, weighted
+correct predictions, total weight), which add up exactly across batches and
+devices; the reported metrics are computed from the totals.
+
+`MetricWriter` sends each record to TensorBoard (tag 'split/metric') and to
+workdir/metrics.jsonl, one JSON object per line:
+
+  {"step": 500, "split": "validation", "loss": 1.23, "accuracy": 0.61, ...}
+
+Only process 0 writes; the others get a writer that does nothing.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+SPLITS = ('train', 'validation', 'test')
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+def lm_sums(
+  logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array
+) -> dict[str, jax.Array]:
+  """Weighted cross-entropy and accuracy sums of a next-token batch.
+
+  Args:
+    logits_BLV: float logits.
+    targets_BL: int target ids.
+    weights_BL: float weights; 0 for padding.
+
+  Returns:
+    {'loss_sum', 'correct_sum', 'weight_sum'}: float32 scalars.
+  """
+  logits_BLV = logits_BLV.astype(jnp.float32)
+  xent_BL = optax.softmax_cross_entropy_with_integer_labels(
+    logits_BLV, targets_BL
+  )
+  correct_BL = jnp.argmax(logits_BLV, axis=-1) == targets_BL
+  weights_BL = weights_BL.astype(jnp.float32)
+  return {
+    'loss_sum': jnp.sum(xent_BL * weights_BL),
+    'correct_sum': jnp.sum(correct_BL * weights_BL),
+    'weight_sum': jnp.sum(weights_BL),
+  }
+
+
+def eval_metric_names(byte_level: bool) -> tuple[str, ...]:
+  """Names of the metrics `from_sums` reports."""
+  third = 'bits_per_byte' if byte_level else 'perplexity'
+  return ('loss', 'accuracy', third)
+
+
+def from_sums(sums: dict, byte_level: bool) -> dict[str, float]:
+  """Loss (nats per token), accuracy and bits per byte or perplexity.
+
+  Args:
+    sums: totals of `lm_sums` (host or device scalars).
+    byte_level: whether tokens are bytes; then loss / ln 2 is bits per
+      byte, the standard measure for character-level LMs. Otherwise
+      perplexity exp(loss) is reported.
+  """
+  sums = {k: float(v) for k, v in sums.items()}
+  weight = max(sums['weight_sum'], 1.0)
+  loss = sums['loss_sum'] / weight
+  result = {'loss': loss, 'accuracy': sums['correct_sum'] / weight}
+  if byte_level:
+    result['bits_per_byte'] = loss / math.log(2)
+  else:
+    result['perplexity'] = math.exp(min(loss, 700.0))
+  return result
+
+
+class MetricWriter:
+  """Writes metrics to TensorBoard and metrics.jsonl (process 0 only).
+
+  Args:
+    workdir: directory of the run.
+    start_step: the step training resumes from; records with a larger step
+      left by an interrupted run (and test records, written again at the
+      end) are dropped, so the file reads as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    self._path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    _truncate(self._path, start_step)
+    # Imported here so that processes other than 0 never touch TensorBoard.
+    from tensorboardX import SummaryWriter
+
+    self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    """Records `metrics` (name -> number) of `split` at `step`."""
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    if not self.enabled:
+      return
+    record = {'step': int(step), 'split': split}
+    record.update({k: float(v) for k, v in metrics.items()})
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for name, value in metrics.items():
+      self._tb.add_scalar(f'{split}/{name}', float(value), int(step))
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """Records a text (e.g. a generated sample) in TensorBoard."""
+    if self.enabled:
+      self._tb.add_text(tag, text, int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Reads metrics.jsonl (or any JSON-lines file) into a list of dicts."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate(path: str, start_step: int) -> None:
+  """Drops records after `start_step`, and test records, from `path`."""
+  if not os.path.exists(path):
+    return
+  records = read_jsonl(path)
+  kept = [
+    r for r in records if r['step'] <= start_step and r['split'] != 'test'
+  ]
+  if len(kept) == len(records):
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)
+
+
+def mean(records: list[dict]) -> dict[str, float]:
+  """Mean of each metric over a list of per-step host metric dicts."""
+  return {k: float(np.mean([r[k] for r in records])) for k in records[0]}

@@ -1,0 +1,717 @@
+"""The one trainer: `train_and_evaluate(config, workdir)`.
+
+Serves every attention variant; the config picks the variant, the model size
+and the data. One run:
+
+  1. validates the config, builds the data and the model, and checks that
+     the workdir is empty or holds a run of the same config (which it
+     resumes) before anything is written;
+  2. trains with jitted top-level steps, `(state, batch, key) -> (state,
+     metrics)`, over a 1-D ('data',) device mesh: the state is replicated,
+     the batch split over devices;
+  3. evaluates on validation every `eval_every_steps` and at the end, saving
+     a checkpoint with each evaluation (plus every `checkpoint_every_steps`);
+  4. evaluates the test split with the best-validation checkpoint and prints
+     a short generated sample.
+
+Workdir layout: config.json (the resolved config), metrics.jsonl,
+tensorboard/ (event files) and checkpoints/<step>/.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from performer import attention, data
+from performer import checkpoint as ckpt_lib
+from performer import metrics as metrics_lib
+from performer import model as model_lib
+
+SCHEDULES = ('cosine', 'linear', 'rsqrt', 'constant')
+
+
+class TrainState(nnx.Module):
+  """The model and its optimizer, split and merged as one NNX graph."""
+
+  def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer):
+    self.model = model
+    self.optimizer = optimizer
+
+
+# ---------------------------------------------------------------------------
+# Optimizer.
+
+
+# Config fields that define the optimizer. Equal settings give the same
+# (cached) optax object, so the TrainState graphdef, which holds it, compares
+# equal across runs in one process and the jitted steps are reused instead
+# of compiled again.
+OPTIMIZER_FIELDS = (
+  'learning_rate',
+  'warmup_steps',
+  'schedule',
+  'end_lr_fraction',
+  'num_train_steps',
+  'b1',
+  'b2',
+  'eps',
+  'weight_decay',
+  'grad_clip_norm',
+)
+
+
+def make_optimizer(
+  config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with warmup, decay schedule and global-norm gradient clipping.
+
+  Weight decay applies to matrices only (kernels, embedding tables), not to
+  biases and LayerNorm scales, which decay would just pull toward zero.
+
+  Returns:
+    The optax transformation and its learning-rate schedule.
+  """
+  settings = {k: config[k] for k in OPTIMIZER_FIELDS}
+  if settings['schedule'] in ('constant', 'rsqrt'):
+    settings['num_train_steps'] = 0  # Unused: keep the cache key general.
+  return _optimizer(**settings)
+
+
+@functools.cache
+def _optimizer(
+  *,
+  learning_rate,
+  warmup_steps,
+  schedule,
+  end_lr_fraction,
+  num_train_steps,
+  b1,
+  b2,
+  eps,
+  weight_decay,
+  grad_clip_norm,
+):
+  peak, warmup = learning_rate, warmup_steps
+  decay_steps = max(num_train_steps - warmup, 1)
+  if schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps, end_lr_fraction)
+  elif schedule == 'linear':
+    decay = optax.linear_schedule(peak, peak * end_lr_fraction, decay_steps)
+  elif schedule == 'rsqrt':
+    # Inverse square root of the step, continuous with the warmup's end.
+    decay = lambda count: peak * jax.lax.rsqrt(1.0 + count / max(warmup, 1))
+  elif schedule == 'constant':
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f'schedule must be one of {SCHEDULES}, got {schedule!r}')
+  lr = decay
+  if warmup:
+    lr = optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), decay], [warmup]
+    )
+  tx = optax.adamw(
+    lr,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    weight_decay=weight_decay,
+    mask=_is_matrix,
+  )
+  if grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx, lr
+
+
+def _is_matrix(params):
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+# ---------------------------------------------------------------------------
+# Steps: top-level pure functions of the split state, jitted once.
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def train_step(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  batch: dict[str, jax.Array],
+  dropout_key: jax.Array,
+) -> tuple[nnx.State, dict[str, jax.Array]]:
+  """One optimizer step on a next-token batch.
+
+  Args:
+    graphdef: static structure of the `TrainState`.
+    state: its arrays (donated: the caller must use the returned state).
+    batch: {'inputs', 'targets', 'weights'}, each [B, L].
+    dropout_key: base key; step s uses fold_in(dropout_key, s).
+
+  Returns:
+    The new state and this step's loss, accuracy and gradient norm.
+  """
+  train_state = nnx.merge(graphdef, state)
+  model, optimizer = train_state.model, train_state.optimizer
+  step = optimizer.step[...]
+  # FAVOR+ projections are a function of (seed, step): redrawing here keeps
+  # them identical across restarts and device counts.
+  attention.redraw_features(model, step)
+  key = jax.random.fold_in(dropout_key, step)
+
+  def loss_fn(model):
+    logits_BLV = model(batch['inputs'], train=True, rngs=nnx.Rngs(dropout=key))
+    sums = metrics_lib.lm_sums(logits_BLV, batch['targets'], batch['weights'])
+    weight = jnp.maximum(sums['weight_sum'], 1.0)
+    return sums['loss_sum'] / weight, sums['correct_sum'] / weight
+
+  (loss, accuracy), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  optimizer.update(model, grads)
+  step_metrics = {
+    'loss': loss,
+    'accuracy': accuracy,
+    'grad_norm': optax.tree.norm(grads),
+  }
+  return nnx.state(train_state), step_metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def eval_step(
+  graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
+  """Loss, correct and weight sums of one batch (see `metrics.lm_sums`)."""
+  model = nnx.merge(graphdef, state).model
+  logits_BLV = model(batch['inputs'], train=False)
+  return metrics_lib.lm_sums(logits_BLV, batch['targets'], batch['weights'])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _next_token(graphdef, state, tokens_1L, index, key, temperature):
+  """Samples the token at `index` from the logits at `index - 1`."""
+  logits_V = nnx.merge(graphdef, state)(tokens_1L)[0, index - 1]
+  sampled = jax.random.categorical(
+    key, logits_V / jnp.maximum(temperature, 1e-6)
+  )
+  return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V))
+
+
+def generate(
+  model: nnx.Module,
+  prompt: np.ndarray,
+  *,
+  num_tokens: int,
+  seq_len: int,
+  temperature: float,
+  seed: int,
+) -> np.ndarray:
+  """Samples `num_tokens` continuation tokens from a causal LM.
+
+  Runs the full model on a fixed-length window for every new token (one
+  compilation, O(L^2) work per token); fine for a short sample at the end
+  of training. A cached decoder (scripts/generate.py) replaces it.
+
+  Args:
+    model: a causal `LanguageModel`.
+    prompt: int token ids, at least one.
+    num_tokens: how many tokens to generate.
+    seq_len: window length; longer contexts keep the last seq_len tokens.
+    temperature: softmax temperature; 0 picks the most likely token.
+    seed: sampling seed.
+
+  Returns:
+    The generated tokens (without the prompt).
+  """
+  if len(prompt) == 0:
+    raise ValueError('generate needs a non-empty prompt')
+  graphdef, state = nnx.split(model)
+  tokens = [int(t) for t in prompt]
+  key = jax.random.key(seed)
+  for i in range(num_tokens):
+    # The model is causal, so the zeros after the context cannot leak in.
+    context = tokens[-seq_len:]
+    buffer_1L = np.zeros((1, seq_len), np.int32)
+    buffer_1L[0, : len(context)] = context
+    token = _next_token(
+      graphdef,
+      state,
+      jnp.asarray(buffer_1L),
+      len(context),
+      jax.random.fold_in(key, i),
+      jnp.float32(temperature),
+    )
+    tokens.append(int(token))
+  return np.asarray(tokens[len(prompt) :], np.int32)
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+  """Trains and evaluates a model; resumes from `workdir` if it has a run.
+
+  Args:
+    config: an experiment config (see configs/common.py for the fields).
+    workdir: where config.json, metrics.jsonl, TensorBoard events and
+      checkpoints go. A workdir of an earlier run with the same model, data,
+      seed and batch size is resumed from its latest checkpoint.
+
+  Returns:
+    Final metrics: 'step', 'best_step', 'train/<m>' (last logged window),
+    'validation/<m>' (last evaluation), 'test/<m>' (best checkpoint),
+    plus 'checkpoint_dir' and, for LMs, the generated 'sample' text.
+
+  Raises:
+    ValueError: for an invalid config, unusable data, or a workdir that
+      holds a run of a different config (nothing is written then).
+    FloatingPointError: when the loss or gradient becomes NaN or infinite;
+      the message names the step, and the checkpoints hold only good steps.
+  """
+  workdir = os.path.abspath(workdir)
+  config = config.copy_and_resolve_references()
+  byte_level = config.data.tokenizer == 'byte'
+  _validate(config, byte_level)
+  num_processes = jax.process_count()
+  datasets = data.create(
+    config.data,
+    batch_size=config.batch_size // num_processes,
+    seed=config.seed,
+    shard_index=jax.process_index(),
+    shard_count=num_processes,
+  )
+  _fit_model_to_data(config, datasets)
+  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  model = model_lib.create_model(config.model, rngs=nnx.Rngs(init_key))
+  saved = ckpt_lib.read_saved_config(workdir)
+  if saved is not None:
+    diffs = ckpt_lib.differing_fields(saved, config.to_dict())
+    if diffs:
+      raise ValueError(
+        f'workdir {workdir} holds a run with a different config; differing '
+        f'fields: {", ".join(diffs)}. Use another --workdir (or delete this '
+        'one) to start a new run.'
+      )
+  # Nothing has been written above this line.
+
+  mesh = jax.make_mesh(
+    (jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P('data'))
+  tx, schedule = make_optimizer(config)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split(TrainState(model, optimizer))
+  state = jax.device_put(state, replicated)
+  del model, optimizer  # The arrays live in `state` from here on.
+
+  train_iter = iter(datasets.train_loader())
+  ckpts = ckpt_lib.Checkpoints(
+    os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR),
+    keep=config.keep_checkpoints,
+    best_metric=config.best_metric,
+    best_mode=config.best_mode,
+  )
+  start_step = ckpts.latest_step() or 0
+  if start_step:
+    state = ckpts.restore(start_step, ckpt_lib.abstract(state), train_iter)
+  _write_config(workdir, config)
+  writer = metrics_lib.MetricWriter(workdir, start_step)
+  is_main = jax.process_index() == 0
+  say = tqdm.tqdm.write if is_main else lambda _: None
+  verb = f'Resuming at step {start_step}:' if start_step else 'Training'
+  say(f'{verb} {_describe(config, state)}; workdir {workdir}')
+
+  def shard(batch):
+    return {
+      k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v))
+      for k, v in batch.items()
+      if k in ('inputs', 'targets', 'weights')
+    }
+
+  def evaluate(state, split, max_batches):
+    return _evaluate(
+      graphdef,
+      state,
+      datasets,
+      split,
+      max_batches,
+      shard,
+      byte_level,
+      local_batch=config.batch_size // num_processes,
+    )
+
+  tokens_per_step = config.batch_size * config.data.seq_len
+  step = start_step
+  validation = ckpts.metrics(start_step) if start_step else None
+  train_summary = {}
+  window = []  # Host metrics of the steps since the last log line.
+  pending = []  # (step, device metrics) not yet fetched from the device.
+  timer = _Timer()
+  try:
+    with tqdm.tqdm(
+      total=config.num_train_steps,
+      initial=start_step,
+      unit='step',
+      disable=None if is_main else True,
+      dynamic_ncols=True,
+    ) as bar:
+      while step < config.num_train_steps:
+        batch = shard(next(train_iter))
+        state, step_metrics = train_step(graphdef, state, batch, dropout_key)
+        step += 1
+        bar.update(1)
+        pending.append((step, step_metrics))
+        if step == start_step + 1:
+          jax.block_until_ready(step_metrics)
+          say(f'First step (compilation included) took {timer.lap():.1f}s')
+          timer.reset()
+        timer.count(tokens_per_step)
+        last = step == config.num_train_steps
+        log_now = step % config.log_every_steps == 0 or last
+        eval_now = step % config.eval_every_steps == 0 or last
+        save_now = eval_now or (
+          config.checkpoint_every_steps
+          and step % config.checkpoint_every_steps == 0
+        )
+        if not (log_now or save_now):
+          continue
+        # Fetching syncs with the device; do it only when something needs
+        # the values, so steps otherwise dispatch asynchronously.
+        window += _fetch_and_check(pending, ckpts)
+        pending = []
+        if log_now:
+          train_summary = _summarize(window, byte_level)
+          train_summary['learning_rate'] = float(schedule(step - 1))
+          train_summary['tokens_per_sec'] = timer.rate()
+          writer.write(step, 'train', train_summary)
+          bar.set_postfix(
+            loss=f'{train_summary["loss"]:.3f}',
+            tok_s=f'{train_summary["tokens_per_sec"]:.0f}',
+          )
+          say(_line(step, 'train', train_summary))
+          window = []
+          timer.reset()
+        if eval_now:
+          validation = evaluate(state, 'validation', config.eval_max_batches)
+          writer.write(step, 'validation', validation)
+          say(_line(step, 'validation', validation))
+        if save_now:
+          ckpts.save(
+            step,
+            state,
+            train_iter,
+            metadata={'step': step, 'config': config.to_dict()},
+            metrics=validation if eval_now else None,
+          )
+        writer.flush()
+        timer.reset()  # Evaluation and saving are not training throughput.
+
+    if validation is None:  # Only when resuming a checkpoint saved unevaluated.
+      validation = evaluate(state, 'validation', config.eval_max_batches)
+      writer.write(step, 'validation', validation)
+    ckpts.wait()
+    best_step = ckpts.best_step()
+    best_state = state
+    if best_step is not None and best_step != step:
+      best_state = ckpts.restore(best_step, ckpt_lib.abstract(state))
+    test = evaluate(best_state, 'test', config.test_max_batches)
+    if test is not None:
+      writer.write(step, 'test', test)
+    sample = ''
+    if config.sample_num_tokens > 0:
+      sample = sample_text(
+        nnx.merge(graphdef, best_state).model, datasets, config
+      )
+      writer.write_text(step, 'sample', sample)
+  finally:
+    ckpts.close()
+    writer.close()
+
+  result = {'step': step, 'best_step': best_step}
+  result.update({f'train/{k}': v for k, v in train_summary.items()})
+  result.update({f'validation/{k}': v for k, v in validation.items()})
+  result.update({f'test/{k}': v for k, v in (test or {}).items()})
+  result['checkpoint_dir'] = ckpts.directory
+  result['sample'] = sample
+  _report(result, byte_level, say)
+  return result
+
+
+def sample_text(
+  model: nnx.Module, datasets: Any, config: ml_collections.ConfigDict
+) -> str:
+  """Continues `config.sample_prompt` with the trained LM; returns the text.
+
+  Args:
+    model: the trained language model.
+    datasets: gives the tokenizer (`encode`, `decode`).
+    config: reads sample_prompt, sample_num_tokens, sample_temperature,
+      data.seq_len and seed.
+  """
+  prompt = np.asarray(datasets.encode(config.sample_prompt), np.int32)
+  if prompt.size == 0:
+    prompt = np.asarray(datasets.encode('\n'), np.int32)
+  if prompt.size == 0:
+    return ''
+  tokens = generate(
+    model,
+    prompt,
+    num_tokens=config.sample_num_tokens,
+    seq_len=config.data.seq_len,
+    temperature=config.sample_temperature,
+    seed=config.seed,
+  )
+  return config.sample_prompt + datasets.decode(tokens)
+
+
+# ---------------------------------------------------------------------------
+# Helpers of the run.
+
+
+def _validate(config: ml_collections.ConfigDict, byte_level: bool) -> None:
+  """Raises one ValueError listing every invalid trainer field."""
+  problems = []
+
+  def need(ok, message):
+    if not ok:
+      problems.append(message)
+
+  for field in (
+    'batch_size',
+    'num_train_steps',
+    'log_every_steps',
+    'eval_every_steps',
+    'keep_checkpoints',
+  ):
+    value = config[field]
+    need(
+      isinstance(value, int) and value > 0,
+      f'{field} must be a positive int, got {value!r}',
+    )
+  for field in (
+    'warmup_steps',
+    'checkpoint_every_steps',
+    'eval_max_batches',
+    'test_max_batches',
+    'sample_num_tokens',
+  ):
+    value = config[field]
+    need(
+      isinstance(value, int) and value >= 0,
+      f'{field} must be a non-negative int, got {value!r}',
+    )
+  need(
+    config.schedule in SCHEDULES,
+    f'schedule must be one of {SCHEDULES}, got {config.schedule!r}',
+  )
+  need(config.learning_rate > 0, 'learning_rate must be positive')
+  need(0 <= config.end_lr_fraction <= 1, 'end_lr_fraction must be in [0, 1]')
+  need(0 <= config.b1 < 1 and 0 <= config.b2 < 1, 'b1, b2 must be in [0, 1)')
+  need(config.eps > 0, 'eps must be positive')
+  need(config.weight_decay >= 0, 'weight_decay must be non-negative')
+  need(config.grad_clip_norm >= 0, 'grad_clip_norm must be non-negative')
+  need(config.sample_temperature >= 0, 'sample_temperature must be >= 0')
+  need(
+    config.best_mode in ('min', 'max'),
+    f"best_mode must be 'min' or 'max', got {config.best_mode!r}",
+  )
+  names = metrics_lib.eval_metric_names(byte_level)
+  need(
+    config.best_metric in names,
+    f'best_metric must be one of {names}, got {config.best_metric!r}',
+  )
+  devices = jax.device_count()
+  if isinstance(config.batch_size, int):
+    need(
+      config.batch_size % devices == 0,
+      f'batch_size={config.batch_size} must be divisible by the {devices} '
+      'devices',
+    )
+  need(
+    config.model.head == 'lm',
+    f"this trainer trains language models (model.head='lm'), got "
+    f'{config.model.head!r}',
+  )
+  need(
+    config.model.causal,
+    'model.causal must be True: a bidirectional LM sees the tokens it predicts',
+  )
+  if problems:
+    raise ValueError('invalid config: ' + '; '.join(problems))
+
+
+def _fit_model_to_data(config: ml_collections.ConfigDict, datasets) -> None:
+  """Takes the model's vocabulary size from the data; checks the length."""
+  if datasets.task != 'lm':
+    raise ValueError(
+      f'data {config.data.name!r} is a {datasets.task!r} task; this trainer '
+      "needs an 'lm' task"
+    )
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = int(datasets.vocab_size)
+  elif config.model.vocab_size < datasets.vocab_size:
+    raise ValueError(
+      f'model.vocab_size={config.model.vocab_size} is smaller than the '
+      f"data's vocabulary ({datasets.vocab_size}); set it to 0 to follow "
+      'the data'
+    )
+  if config.model.position == 'learned' and (
+    config.model.max_len < config.data.seq_len
+  ):
+    raise ValueError(
+      f'model.max_len={config.model.max_len} is shorter than '
+      f'data.seq_len={config.data.seq_len}'
+    )
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, ckpt_lib.CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(config.to_dict(), f, indent=2, default=str)
+  os.replace(path + '.tmp', path)
+
+
+def _evaluate(
+  graphdef,
+  state,
+  datasets,
+  split,
+  max_batches,
+  shard,
+  byte_level,
+  *,
+  local_batch,
+) -> dict[str, float] | None:
+  """Metrics of `split` (None when the data has no such split)."""
+  if split not in datasets.eval_splits:
+    return None
+  totals = None
+  for batch in datasets.eval_batches(split, max_batches):
+    batch = _pad(batch, local_batch)
+    sums = eval_step(graphdef, state, shard(batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    return None
+  return metrics_lib.from_sums(jax.device_get(totals), byte_level)
+
+
+def _pad(batch: dict, size: int) -> dict:
+  """Pads a short last batch to `size` rows of weight 0 (one compilation)."""
+  rows = len(batch['inputs'])
+  if rows == size:
+    return batch
+  return {
+    k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)])
+    for k, v in batch.items()
+  }
+
+
+def _fetch_and_check(pending: list, ckpts: ckpt_lib.Checkpoints) -> list:
+  """Moves step metrics to the host; raises at the first non-finite one."""
+  records = []
+  for step, device_metrics in pending:
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    for name in ('loss', 'grad_norm'):
+      if not math.isfinite(values[name]):
+        ckpts.wait()
+        good = ckpts.latest_step()
+        where = (
+          f'the last good checkpoint is step {good} in {ckpts.directory}'
+          if good is not None
+          else 'no checkpoint was saved'
+        )
+        raise FloatingPointError(
+          f'{name} is {values[name]} at step {step}; training stopped and '
+          f'{where}'
+        )
+    records.append(values)
+  return records
+
+
+def _summarize(window: list[dict], byte_level: bool) -> dict[str, float]:
+  """Means over the window's steps, with bits per byte or perplexity."""
+  mean = metrics_lib.mean(window)
+  summary = {'loss': mean.pop('loss')}
+  if byte_level:
+    summary['bits_per_byte'] = summary['loss'] / math.log(2)
+  else:
+    summary['perplexity'] = math.exp(min(summary['loss'], 700.0))
+  summary.update(mean)
+  return summary
+
+
+class _Timer:
+  """Wall time and tokens since the last reset, for throughput."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self._start = time.perf_counter()
+    self._tokens = 0
+
+  def lap(self) -> float:
+    return time.perf_counter() - self._start
+
+  def count(self, tokens: int):
+    self._tokens += tokens
+
+  def rate(self) -> float:
+    return self._tokens / max(self.lap(), 1e-9)
+
+
+def _describe(config: ml_collections.ConfigDict, state: nnx.State) -> str:
+  m = config.model
+  return (
+    f'{m.num_layers}-layer {m.attention} LM (emb {m.emb_dim}, '
+    f'{_num_params(state) / 1e6:.2f}M params) on {config.data.name}'
+  )
+
+
+def _num_params(state: nnx.State) -> int:
+  model_state = state['model']
+  params = nnx.filter_state(model_state, nnx.Param)
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def _line(step: int, split: str, values: dict[str, float]) -> str:
+  parts = []
+  for name, value in values.items():
+    if name == 'tokens_per_sec':
+      parts.append(f'{value:,.0f} tokens/s')
+    elif name == 'learning_rate':
+      parts.append(f'lr {value:.2e}')
+    else:
+      parts.append(f'{name} {value:.4f}')
+  return f'step {step} {split}: ' + ', '.join(parts)
+
+
+def _report(result: dict, byte_level: bool, say) -> None:
+  name = 'bits_per_byte' if byte_level else 'perplexity'
+  lines = [f'Finished at step {result["step"]}.']
+  if f'validation/{name}' in result:
+    lines.append(f'validation {name}: {result[f"validation/{name}"]:.4f}')
+  if f'test/{name}' in result:
+    lines.append(
+      f'test {name}: {result[f"test/{name}"]:.4f} (best checkpoint, step '
+      f'{result["best_step"]})'
+    )
+  lines.append(f'checkpoints: {result["checkpoint_dir"]}')
+  if result['sample']:
+    lines.append('sample:\n' + result['sample'])
+  say('\n'.join(lines))

@@ -1,0 +1,160 @@
+"""Config files and their command-line plumbing.
+
+Every experiment config loads, is locked (a misspelled field fails), takes
+`:attention=NAME`, and works with `--config.a.b=value` overrides the way
+scripts/train.py parses them.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import common
+from performer import attention
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(
+  os.path.relpath(path, REPO)
+  for path in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+  if os.path.basename(path) not in ('common.py', '__init__.py')
+)
+
+
+def _parse_flags(*args: str) -> ml_collections.ConfigDict:
+  """Parses `args` like scripts/train.py does, in a private FlagValues."""
+  argv = ['train.py', *args]
+  flag_values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file(
+    'config', None, flag_values=flag_values, sys_argv=argv
+  )
+  cwd = os.getcwd()
+  os.chdir(REPO)  # The config paths below are relative to the repository.
+  try:
+    flag_values(argv)
+    return holder.value
+  finally:
+    os.chdir(cwd)
+
+
+def test_parse_arg_types_and_defaults():
+  args = common.parse_arg(
+    'steps=500,lr=0.5,tiny,name=x', steps=10, lr=1.0, tiny=False, name='a'
+  )
+  assert args.to_dict() == {'steps': 500, 'lr': 0.5, 'tiny': True, 'name': 'x'}
+  assert common.parse_arg(None, steps=10).steps == 10
+  assert common.parse_arg('', steps=10).steps == 10
+  assert common.parse_arg('tiny=false', tiny=True).tiny is False
+
+
+def test_parse_arg_bare_value_sets_first_key():
+  assert common.parse_arg('softmax', attention='favor').attention == 'softmax'
+
+
+def test_parse_arg_unknown_key_lists_valid_keys():
+  with pytest.raises(ValueError, match=r"\['attenton'\].*\['attention'\]"):
+    common.parse_arg('attenton=softmax', attention='favor')
+
+
+def test_parse_arg_wrong_type():
+  with pytest.raises(ValueError, match='steps'):
+    common.parse_arg('steps=many', steps=10)
+  with pytest.raises(ValueError, match='tiny'):
+    common.parse_arg('tiny=maybe', tiny=False)
+
+
+def test_base_config_max_len_follows_seq_len():
+  config = common.base_config()
+  config.data.seq_len = 123
+  assert config.model.max_len == 123
+  assert config.model.vocab_size == 0  # Taken from the data by the trainer.
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES)
+def test_config_file_is_locked_and_documented(path):
+  config = _parse_flags(f'--config={path}')
+  assert config.is_locked
+  assert 'python scripts/train.py' in _module_doc(path)
+  with pytest.raises(AttributeError):
+    config.num_train_step = 5  # Typo: locked configs refuse new fields.
+  with pytest.raises(AttributeError):
+    config.model.num_layer = 5
+  assert config.num_train_steps > 0
+  assert config.model.attention in attention.names()
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES)
+def test_attention_argument(path):
+  for name in attention.names():
+    config = _parse_flags(f'--config={path}:attention={name}')
+    assert config.model.attention == name
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES)
+def test_unknown_attention_or_argument_fails(path):
+  with pytest.raises(flags.IllegalFlagValueError, match='valid names'):
+    _parse_flags(f'--config={path}:attention=fast')
+  with pytest.raises(flags.IllegalFlagValueError, match='valid keys'):
+    _parse_flags(f'--config={path}:atention=softmax')
+
+
+def test_nested_overrides():
+  config = _parse_flags(
+    '--config=configs/lm_shakespeare.py:attention=softmax',
+    '--config.model.num_layers=2',
+    '--config.data.seq_len=128',
+    '--config.model.attention_options.favor.num_features=32',
+    '--config.learning_rate=0.01',
+  )
+  assert config.model.attention == 'softmax'
+  assert config.model.num_layers == 2
+  assert config.data.seq_len == 128
+  assert config.model.max_len == 128  # Follows data.seq_len.
+  assert config.model.attention_options.favor.num_features == 32
+  assert config.learning_rate == 0.01
+
+
+def test_override_typo_fails():
+  with pytest.raises(AttributeError, match='num_layers'):
+    _parse_flags(
+      '--config=configs/lm_shakespeare.py', '--config.model.num_layer=2'
+    )
+
+
+def test_default_job_is_shakespeare_favor():
+  config = _parse_flags('--config=configs/lm_shakespeare.py')
+  assert config.data.name == 'shakespeare'
+  assert config.data.tokenizer == 'byte'
+  assert config.model.attention == 'favor'
+  assert config.model.causal
+
+
+def test_script_validates_before_writing(tmp_path):
+  """scripts/train.py parses flags and fails on a bad value, writing nothing."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, 'scripts', 'train.py'),
+      '--config.schedule=bogus',
+      f'--workdir={workdir}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    timeout=120,
+  )
+  assert result.returncode != 0
+  assert "schedule must be one of ('cosine'" in result.stderr
+  assert not workdir.exists()
+
+
+def _module_doc(path: str) -> str:
+  with open(os.path.join(REPO, path)) as f:
+    source = f.read()
+  return source.split('"""')[1]
