@@ -15,6 +15,7 @@ Only process 0 writes; the others get a writer that does nothing.
 import json
 import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -154,3 +155,48 @@ def _truncate(path: str, start_step: int) -> None:
 def mean(records: list[dict]) -> dict[str, float]:
   """Mean of each metric over a list of per-step host metric dicts."""
   return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+
+
+def summarize(window: list[dict], byte_level: bool) -> dict[str, float]:
+  """Means over the window's steps, with bits per byte or perplexity."""
+  averages = mean(window)
+  summary = {'loss': averages.pop('loss')}
+  if byte_level:
+    summary['bits_per_byte'] = summary['loss'] / math.log(2)
+  else:
+    summary['perplexity'] = math.exp(min(summary['loss'], 700.0))
+  summary.update(averages)
+  return summary
+
+
+def format_line(step: int, split: str, values: dict[str, float]) -> str:
+  """One concise console line, e.g. 'step 100 train: loss 2.1, ...'."""
+  parts = []
+  for name, value in values.items():
+    if name == 'tokens_per_sec':
+      parts.append(f'{value:,.0f} tokens/s')
+    elif name == 'learning_rate':
+      parts.append(f'lr {value:.2e}')
+    else:
+      parts.append(f'{name} {value:.4f}')
+  return f'step {step} {split}: ' + ', '.join(parts)
+
+
+class Timer:
+  """Wall time and tokens since the last reset, for throughput."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self._start = time.perf_counter()
+    self._tokens = 0
+
+  def lap(self) -> float:
+    return time.perf_counter() - self._start
+
+  def count(self, tokens: int):
+    self._tokens += tokens
+
+  def rate(self) -> float:
+    return self._tokens / max(self.lap(), 1e-9)

@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -342,14 +341,7 @@ def train_and_evaluate(
 
   def evaluate(state, split, max_batches):
     return _evaluate(
-      graphdef,
-      state,
-      datasets,
-      split,
-      max_batches,
-      shard,
-      byte_level,
-      local_batch=config.batch_size // num_processes,
+      graphdef, state, datasets, split, max_batches, shard, byte_level
     )
 
   tokens_per_step = config.batch_size * config.data.seq_len
@@ -358,7 +350,7 @@ def train_and_evaluate(
   train_summary = {}
   window = []  # Host metrics of the steps since the last log line.
   pending = []  # (step, device metrics) not yet fetched from the device.
-  timer = _Timer()
+  timer = metrics_lib.Timer()
   try:
     with tqdm.tqdm(
       total=config.num_train_steps,
@@ -392,7 +384,7 @@ def train_and_evaluate(
         window += _fetch_and_check(pending, ckpts)
         pending = []
         if log_now:
-          train_summary = _summarize(window, byte_level)
+          train_summary = metrics_lib.summarize(window, byte_level)
           train_summary['learning_rate'] = float(schedule(step - 1))
           train_summary['tokens_per_sec'] = timer.rate()
           writer.write(step, 'train', train_summary)
@@ -400,13 +392,13 @@ def train_and_evaluate(
             loss=f'{train_summary["loss"]:.3f}',
             tok_s=f'{train_summary["tokens_per_sec"]:.0f}',
           )
-          say(_line(step, 'train', train_summary))
+          say(metrics_lib.format_line(step, 'train', train_summary))
           window = []
           timer.reset()
         if eval_now:
           validation = evaluate(state, 'validation', config.eval_max_batches)
           writer.write(step, 'validation', validation)
-          say(_line(step, 'validation', validation))
+          say(metrics_lib.format_line(step, 'validation', validation))
         if save_now:
           ckpts.save(
             step,
@@ -587,38 +579,22 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def _evaluate(
-  graphdef,
-  state,
-  datasets,
-  split,
-  max_batches,
-  shard,
-  byte_level,
-  *,
-  local_batch,
+  graphdef, state, datasets, split, max_batches, shard, byte_level
 ) -> dict[str, float] | None:
-  """Metrics of `split` (None when the data has no such split)."""
+  """Metrics of `split` (None when the data has no such split).
+
+  The data yields fixed-shape batches (the last padded with weight 0), so
+  `eval_step` compiles once.
+  """
   if split not in datasets.eval_splits:
     return None
   totals = None
   for batch in datasets.eval_batches(split, max_batches):
-    batch = _pad(batch, local_batch)
     sums = eval_step(graphdef, state, shard(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     return None
   return metrics_lib.from_sums(jax.device_get(totals), byte_level)
-
-
-def _pad(batch: dict, size: int) -> dict:
-  """Pads a short last batch to `size` rows of weight 0 (one compilation)."""
-  rows = len(batch['inputs'])
-  if rows == size:
-    return batch
-  return {
-    k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)])
-    for k, v in batch.items()
-  }
 
 
 def _fetch_and_check(pending: list, ckpts: ckpt_lib.Checkpoints) -> list:
@@ -643,38 +619,6 @@ def _fetch_and_check(pending: list, ckpts: ckpt_lib.Checkpoints) -> list:
   return records
 
 
-def _summarize(window: list[dict], byte_level: bool) -> dict[str, float]:
-  """Means over the window's steps, with bits per byte or perplexity."""
-  mean = metrics_lib.mean(window)
-  summary = {'loss': mean.pop('loss')}
-  if byte_level:
-    summary['bits_per_byte'] = summary['loss'] / math.log(2)
-  else:
-    summary['perplexity'] = math.exp(min(summary['loss'], 700.0))
-  summary.update(mean)
-  return summary
-
-
-class _Timer:
-  """Wall time and tokens since the last reset, for throughput."""
-
-  def __init__(self):
-    self.reset()
-
-  def reset(self):
-    self._start = time.perf_counter()
-    self._tokens = 0
-
-  def lap(self) -> float:
-    return time.perf_counter() - self._start
-
-  def count(self, tokens: int):
-    self._tokens += tokens
-
-  def rate(self) -> float:
-    return self._tokens / max(self.lap(), 1e-9)
-
-
 def _describe(config: ml_collections.ConfigDict, state: nnx.State) -> str:
   m = config.model
   return (
@@ -687,18 +631,6 @@ def _num_params(state: nnx.State) -> int:
   model_state = state['model']
   params = nnx.filter_state(model_state, nnx.Param)
   return sum(x.size for x in jax.tree.leaves(params))
-
-
-def _line(step: int, split: str, values: dict[str, float]) -> str:
-  parts = []
-  for name, value in values.items():
-    if name == 'tokens_per_sec':
-      parts.append(f'{value:,.0f} tokens/s')
-    elif name == 'learning_rate':
-      parts.append(f'lr {value:.2e}')
-    else:
-      parts.append(f'{name} {value:.4f}')
-  return f'step {step} {split}: ' + ', '.join(parts)
 
 
 def _report(result: dict, byte_level: bool, say) -> None:
