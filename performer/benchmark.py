@@ -280,11 +280,17 @@ def ensure_parent(path: str) -> None:
 
 
 def write_json(path: str, records: Any) -> None:
-  """Writes JSON (parent directories created); non-JSON values as str."""
+  """Writes JSON (parent directories created); non-JSON values as str.
+
+  The file is written beside the target and renamed over it, so a reader (or
+  a run killed mid-write) never sees a truncated file.
+  """
   ensure_parent(path)
-  with open(path, 'w') as f:
+  tmp_path = f'{path}.tmp'
+  with open(tmp_path, 'w') as f:
     json.dump(records, f, indent=1, default=str, allow_nan=False)
     f.write('\n')
+  os.replace(tmp_path, path)
 
 
 @dataclasses.dataclass(frozen=True)

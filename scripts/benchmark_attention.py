@@ -72,7 +72,7 @@ import gc
 import inspect
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -339,8 +339,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   return execute(make_plan(args))
 
 
-def execute(plan: Plan) -> list[dict[str, Any]]:
-  """Runs every config of a plan; returns one record per config."""
+def execute(
+  plan: Plan,
+  on_record: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+  """Runs every config of a plan; returns one record per config.
+
+  Args:
+    plan: what to run.
+    on_record: called with the records so far after each config, so that a
+      long run stopped part-way keeps what it measured.
+  """
   info = bench.device_info()
   peak = None
   if plan.matmul_peak:
@@ -365,6 +374,8 @@ def execute(plan: Plan) -> list[dict[str, Any]]:
     record = benchmark_config(plan, name, causal, length, info, peak)
     records.append(record)
     _log(f'[{i + 1}/{len(configs)}] {_summary(record)}')
+    if on_record is not None:
+      on_record(records)
   return records
 
 
@@ -720,9 +731,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     plan = make_plan(args)
   except ValueError as e:
     parser.error(str(e))  # Exits with status 2 and the usage line.
-  records = execute(plan)
-  if args.json:
-    bench.write_json(args.json, records)
+  # The JSON is rewritten after every config: a run stopped part-way (hours
+  # at long lengths on a CPU) keeps every record it finished.
+  save = (lambda rs: bench.write_json(args.json, rs)) if args.json else None
+  records = execute(plan, on_record=save)
   if args.png:
     plot(records, args.png)
   table = markdown(records)

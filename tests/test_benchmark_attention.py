@@ -108,6 +108,33 @@ def test_softmax_records_json_png_and_markdown(tmp_path, capsys):
   assert table.count('| softmax |') == 4
 
 
+def test_json_is_rewritten_after_every_config(tmp_path, monkeypatch):
+  path = tmp_path / 'bench.json'
+  seen = []
+  real_benchmark_config = script.benchmark_config
+
+  def spy(*args, **kwargs):
+    # What is on disk when the next config starts: all earlier records.
+    seen.append(json.loads(path.read_text()) if path.exists() else [])
+    return real_benchmark_config(*args, **kwargs)
+
+  monkeypatch.setattr(script, 'benchmark_config', spy)
+  records = script.main(
+    [
+      '--variants=softmax',
+      '--lengths=16,32',
+      '--causal=false',
+      f'--json={path}',
+    ]
+    + TINY
+  )
+
+  assert len(records) == 2
+  assert seen == [[], records[:1]]
+  assert json.loads(path.read_text()) == records
+  assert not (tmp_path / 'bench.json.tmp').exists()
+
+
 OTHER_VARIANTS = [n for n in attention.names() if n != 'softmax']
 
 
