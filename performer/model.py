@@ -19,6 +19,13 @@ Dropout layers hold no random stream; randomness comes at call time:
 Masks are [batch, length] with True for real tokens; they reach the
 attention as key-padding masks and the mean pooling as weights.
 
+Generation: `LanguageModel` decodes with an explicit cache (a pytree, see
+`performer.attention.decoding`), jit-compilable step by step:
+
+  cache = model.init_cache(batch, max_len)
+  logits_BLV, cache = model.prefill(prompt_BL, cache)  # one parallel pass
+  logits_B1V, cache = model.decode_step(next_B1, cache)  # one token
+
 Mixed precision: parameters are always float32; activations use the
 configured compute dtype; the final LayerNorm, the heads and the returned
 logits are float32.
@@ -243,6 +250,41 @@ class Block(nnx.Module):
     train: bool,
     rngs: nnx.Rngs | None,
   ) -> jax.Array:
+    q_BLHD, k_BLHD, v_BLHD = self._qkv(x_BLE, positions_L)
+    a_BLHD = self.attention(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+    return self._residuals(x_BLE, a_BLHD, train=train, rngs=rngs)
+
+  def cached(
+    self,
+    x_BLE: jax.Array,
+    mask_BL: jax.Array | None,
+    positions_L: jax.Array,
+    cache: dict,
+    *,
+    prefill: bool,
+  ) -> tuple[jax.Array, dict]:
+    """The block at inference with its attention's decoding cache.
+
+    Args:
+      x_BLE: the prompt (`prefill`) or one new position (L = 1).
+      mask_BL: the prompt's key-padding mask (prefill only).
+      positions_L: absolute positions of the L inputs.
+      cache: this block's attention cache.
+      prefill: whether to prefill (else decode one position).
+
+    Returns:
+      The block's output and the updated cache.
+    """
+    q_BLHD, k_BLHD, v_BLHD = self._qkv(x_BLE, positions_L)
+    if prefill:
+      a_BLHD, cache = self.attention.prefill(
+        q_BLHD, k_BLHD, v_BLHD, cache, mask=mask_BL
+      )
+    else:
+      a_BLHD, cache = self.attention.decode(q_BLHD, k_BLHD, v_BLHD, cache)
+    return self._residuals(x_BLE, a_BLHD, train=False, rngs=None), cache
+
+  def _qkv(self, x_BLE, positions_L):
     h_BLE = self.attn_norm(x_BLE)
     q_BLHD = self.query(h_BLE)
     k_BLHD = self.key(h_BLE)
@@ -250,7 +292,10 @@ class Block(nnx.Module):
     if self.rotary:
       q_BLHD = apply_rotary(q_BLHD, positions_L, self.rotary_base)
       k_BLHD = apply_rotary(k_BLHD, positions_L, self.rotary_base)
-    a_BLHD = self.attention(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+    return q_BLHD, k_BLHD, v_BLHD
+
+  def _residuals(self, x_BLE, a_BLHD, *, train, rngs):
+    """Attention output projection, MLP and both residual branches."""
     a_BLE = self.attn_out(a_BLHD.astype(self.dtype))
     x_BLE = x_BLE + self.attn_dropout(a_BLE, deterministic=not train, rngs=rngs)
 
@@ -346,17 +391,8 @@ class Encoder(nnx.Module):
       (at index 0), else L.
     """
     b, l = tokens_BL.shape
-    if self.position == 'learned' and l > self.max_len:
-      raise ValueError(
-        f'sequence length {l} exceeds max_len={self.max_len} of the learned '
-        'position table'
-      )
-    x_BLE = self.token_embed(tokens_BL)
-    if self.position == 'learned':
-      x_BLE = x_BLE + self.pos_embed_PE[:l].astype(self.dtype)[None]
-    elif self.position == 'sinusoidal':
-      enc_LE = sinusoidal_positions(jnp.arange(l), self.emb_dim)
-      x_BLE = x_BLE + enc_LE.astype(self.dtype)[None]
+    self._check_length(l, 'sequence length')
+    x_BLE = self._embed(tokens_BL, jnp.arange(l))
     x_BLE = self.embed_dropout(x_BLE, deterministic=not train, rngs=rngs)
     if mask_BL is not None:
       mask_BL = mask_BL.astype(bool)
@@ -371,6 +407,96 @@ class Encoder(nnx.Module):
     for block in self.blocks:
       x_BLE = block(x_BLE, mask_BL, positions_L, train=train, rngs=rngs)
     return self.final_norm(x_BLE)
+
+  @property
+  def max_decode_len(self) -> int | None:
+    """The most positions a sequence may have (None: no limit).
+
+    Only the learned position table limits the length.
+    """
+    return self.max_len if self.position == 'learned' else None
+
+  def _check_length(self, length: int, what: str) -> None:
+    limit = self.max_decode_len
+    if limit is not None and length > limit:
+      raise ValueError(
+        f'{what} {length} exceeds max_len={limit} of the learned position table'
+      )
+
+  def _embed(self, tokens_BL: jax.Array, positions_L: jax.Array) -> jax.Array:
+    """Token embeddings plus learned or sinusoidal position encodings."""
+    x_BLE = self.token_embed(tokens_BL)
+    if self.position == 'learned':
+      pos_LE = jnp.take(self.pos_embed_PE[...], positions_L, axis=0)
+      x_BLE = x_BLE + pos_LE.astype(self.dtype)[None]
+    elif self.position == 'sinusoidal':
+      enc_LE = sinusoidal_positions(positions_L, self.emb_dim)
+      x_BLE = x_BLE + enc_LE.astype(self.dtype)[None]
+    return x_BLE
+
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """An empty decoding cache for sequences of at most `max_len` tokens.
+
+    Args:
+      batch: sequences decoded together.
+      max_len: prompt plus generated tokens; sizes the KV caches (variants
+        with a constant-size state ignore it).
+
+    Returns:
+      {'index': int32 0, 'layers': one attention cache per block}.
+
+    Raises:
+      ValueError: `max_len` beyond the learned position table, or a
+        bidirectional encoder.
+    """
+    if self.cls_E is not None:
+      raise ValueError('an encoder with a CLS token cannot decode')
+    common.check_positive_int('max_len', max_len)
+    self._check_length(max_len, 'decoding max_len')
+    layers = [
+      block.attention.init_cache(
+        batch, block.query.out_features[0], max_len, self.dtype
+      )
+      for block in self.blocks
+    ]
+    return {'index': jnp.zeros((), jnp.int32), 'layers': layers}
+
+  def cached(
+    self,
+    tokens_BL: jax.Array,
+    cache: dict,
+    mask_BL: jax.Array | None = None,
+    *,
+    prefill: bool,
+  ) -> tuple[jax.Array, dict]:
+    """Features of a prompt (`prefill`) or of one new token, and the cache.
+
+    A prefill starts the sequence at position 0; a decode step continues at
+    position cache['index'].
+    """
+    l = tokens_BL.shape[1]
+    if prefill:
+      self._check_length(l, 'prompt length')
+      positions_L = jnp.arange(l)
+    else:
+      if l != 1:
+        raise ValueError(
+          f'decode_step takes one token per sequence, [batch, 1], got shape '
+          f'{tuple(tokens_BL.shape)}'
+        )
+      positions_L = cache['index'] + jnp.arange(1)
+    x_BLE = self._embed(tokens_BL, positions_L)
+    if mask_BL is not None:
+      mask_BL = mask_BL.astype(bool)
+    layers = []
+    for block, layer_cache in zip(self.blocks, cache['layers'], strict=True):
+      x_BLE, layer_cache = block.cached(
+        x_BLE, mask_BL, positions_L, layer_cache, prefill=prefill
+      )
+      layers.append(layer_cache)
+    index = l if prefill else cache['index'] + 1
+    new_cache = {'index': jnp.asarray(index, jnp.int32), 'layers': layers}
+    return self.final_norm(x_BLE), new_cache
 
 
 class LanguageModel(nnx.Module):
@@ -409,10 +535,72 @@ class LanguageModel(nnx.Module):
     """
     _check_rngs(train, rngs, self.dropout_rate)
     x_BLE = self.encoder(tokens_BL, mask_BL, train=train, rngs=rngs)
+    return self._logits(x_BLE)
+
+  def _logits(self, x_BLE: jax.Array) -> jax.Array:
     if self.output is None:
       table_VE = self.encoder.token_embed.embedding[...]
       return jnp.einsum('ble,ve->blv', x_BLE, table_VE.astype(jnp.float32))
     return self.output(x_BLE)
+
+  @property
+  def max_decode_len(self) -> int | None:
+    """The most tokens (prompt plus generated) a sequence may have.
+
+    max_len with learned positions, else None (no limit).
+    """
+    return self.encoder.max_decode_len
+
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """An empty decoding cache (see `Encoder.init_cache`).
+
+    Args:
+      batch: sequences decoded together.
+      max_len: the most tokens (prompt plus generated) a sequence will
+        have; sizes the softmax and sparse KV caches.
+
+    Raises:
+      ValueError: for a bidirectional model, or `max_len` beyond the
+        learned position table.
+    """
+    return self.encoder.init_cache(batch, max_len)
+
+  def prefill(
+    self,
+    tokens_BL: jax.Array,
+    cache: dict,
+    mask_BL: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict]:
+    """Runs a prompt in one parallel pass; returns its logits and the cache.
+
+    Args:
+      tokens_BL: the prompts, positions 0 .. L - 1.
+      cache: from `init_cache` (only its shapes are read: a prefill starts
+        a new sequence).
+      mask_BL: optional key-padding mask of the prompts.
+
+    Returns:
+      float32 logits [B, L, V], equal to `model(tokens_BL, mask_BL)`, and
+      the cache holding L positions.
+    """
+    x_BLE, cache = self.encoder.cached(tokens_BL, cache, mask_BL, prefill=True)
+    return self._logits(x_BLE), cache
+
+  def decode_step(
+    self, tokens_B1: jax.Array, cache: dict
+  ) -> tuple[jax.Array, dict]:
+    """Feeds one token per sequence at position cache['index'].
+
+    Args:
+      tokens_B1: int token ids [B, 1].
+      cache: the cache after the previous tokens.
+
+    Returns:
+      float32 logits [B, 1, V] (those the full forward pass gives at this
+      position) and the cache holding one more position.
+    """
+    x_B1E, cache = self.encoder.cached(tokens_B1, cache, prefill=False)
+    return self._logits(x_B1E), cache
 
 
 class Classifier(nnx.Module):

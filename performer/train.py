@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from performer import attention, data
 from performer import checkpoint as ckpt_lib
+from performer import generate as generate_lib
 from performer import metrics as metrics_lib
 from performer import model as model_lib
 
@@ -192,64 +193,6 @@ def eval_step(
   model = nnx.merge(graphdef, state).model
   logits_BLV = model(batch['inputs'], train=False)
   return metrics_lib.lm_sums(logits_BLV, batch['targets'], batch['weights'])
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _next_token(graphdef, state, tokens_1L, index, key, temperature):
-  """Samples the token at `index` from the logits at `index - 1`."""
-  logits_V = nnx.merge(graphdef, state)(tokens_1L)[0, index - 1]
-  sampled = jax.random.categorical(
-    key, logits_V / jnp.maximum(temperature, 1e-6)
-  )
-  return jnp.where(temperature > 0, sampled, jnp.argmax(logits_V))
-
-
-def generate(
-  model: nnx.Module,
-  prompt: np.ndarray,
-  *,
-  num_tokens: int,
-  seq_len: int,
-  temperature: float,
-  seed: int,
-) -> np.ndarray:
-  """Samples `num_tokens` continuation tokens from a causal LM.
-
-  Runs the full model on a fixed-length window for every new token (one
-  compilation, O(L^2) work per token); fine for a short sample at the end
-  of training. A cached decoder (scripts/generate.py) replaces it.
-
-  Args:
-    model: a causal `LanguageModel`.
-    prompt: int token ids, at least one.
-    num_tokens: how many tokens to generate.
-    seq_len: window length; longer contexts keep the last seq_len tokens.
-    temperature: softmax temperature; 0 picks the most likely token.
-    seed: sampling seed.
-
-  Returns:
-    The generated tokens (without the prompt).
-  """
-  if len(prompt) == 0:
-    raise ValueError('generate needs a non-empty prompt')
-  graphdef, state = nnx.split(model)
-  tokens = [int(t) for t in prompt]
-  key = jax.random.key(seed)
-  for i in range(num_tokens):
-    # The model is causal, so the zeros after the context cannot leak in.
-    context = tokens[-seq_len:]
-    buffer_1L = np.zeros((1, seq_len), np.int32)
-    buffer_1L[0, : len(context)] = context
-    token = _next_token(
-      graphdef,
-      state,
-      jnp.asarray(buffer_1L),
-      len(context),
-      jax.random.fold_in(key, i),
-      jnp.float32(temperature),
-    )
-    tokens.append(int(token))
-  return np.asarray(tokens[len(prompt) :], np.int32)
 
 
 # ---------------------------------------------------------------------------
@@ -446,22 +389,24 @@ def sample_text(
 ) -> str:
   """Continues `config.sample_prompt` with the trained LM; returns the text.
 
+  Prefill plus cached decoding (`performer.generate`).
+
   Args:
     model: the trained language model.
     datasets: gives the tokenizer (`encode`, `decode`).
     config: reads sample_prompt, sample_num_tokens, sample_temperature,
-      data.seq_len and seed.
+      data.seq_len (prompts keep their last seq_len tokens) and seed.
   """
   prompt = np.asarray(datasets.encode(config.sample_prompt), np.int32)
   if prompt.size == 0:
     prompt = np.asarray(datasets.encode('\n'), np.int32)
   if prompt.size == 0:
     return ''
-  tokens = generate(
+  prompt = prompt[-config.data.seq_len :]  # The context it was trained on.
+  tokens = generate_lib.generate(
     model,
     prompt,
     num_tokens=config.sample_num_tokens,
-    seq_len=config.data.seq_len,
     temperature=config.sample_temperature,
     seed=config.seed,
   )

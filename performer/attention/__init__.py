@@ -9,6 +9,13 @@ Example:
   attn = attention.create('favor', head_dim=64, causal=True,
                           rngs=nnx.Rngs(0), num_features=256)
   out_BLHD = attn(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+
+Causal variants also decode autoregressively with an explicit cache pytree
+(the protocol is documented in `decoding`):
+
+  cache = attn.init_cache(batch, heads, max_len, dtype)
+  out_BLHD, cache = attn.prefill(q_BLHD, k_BLHD, v_BLHD, cache, mask=None)
+  out_B1HD, cache = attn.decode(q_B1HD, k_B1HD, v_B1HD, cache)
 """
 
 import inspect

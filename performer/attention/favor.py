@@ -21,6 +21,14 @@ uses one maximum over the real keys. A query's own scale cancels between
 numerator and denominator and is dropped. Padded keys get base 0 and
 s = -inf: they enter neither sums nor maxima.
 
+Decoding (see `decoding`): causal FAVOR+ is a recurrent network. The cache
+is the carried state of the chunk-wise pass, {'state': [B, H, M, D],
+'norm': [B, H, M], 'max': [B, H] (the stabilizer's running maximum),
+'index'}, so memory and time per token are constant in the position.
+`prefill` is the chunk-wise pass itself, returning its final carry; `decode`
+folds one key into it and reads the new query's output, as 'favor_scan'
+does for every position.
+
 Tensor names end in their shape: B batch, L query length, S key length,
 H heads, D head dim, M features (2 * num_features for 'softmax_trig', D for
 projection='none'), C chunk size, N chunks.
@@ -33,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from performer import attention
-from performer.attention import common, features
+from performer.attention import common, decoding, features
 
 PROJECTIONS = features.PROJECTIONS + ('none',)
 
@@ -111,6 +119,30 @@ def _fold(carry, kbase_BHCM, ks_BHC, v_BHCD, rend_BH):
   )
   norm_BHM = decay_BH[..., None] * norm_BHM + jnp.sum(phik_BHCM, axis=2)
   return state_BHMD, norm_BHM, rend_BH
+
+
+def _token_step(carry, phiq_BHM, kbase_BHM, ks_BH, v_BHD):
+  """Folds one position's key into the carry and reads its query's output.
+
+  Args:
+    carry: (state_BHMD, norm_BHM, rprev_BH), see `_fold`.
+    phiq_BHM: the query's features.
+    kbase_BHM: the key's feature base (zero for a padded key).
+    ks_BH: the key's log scale (-inf for a padded key).
+    v_BHD: the value.
+
+  Returns:
+    The new carry and the output [B, H, D].
+  """
+  r_BH = jax.lax.stop_gradient(jnp.maximum(carry[2], ks_BH))
+  # A chunk of one position.
+  carry = _fold(
+    carry, kbase_BHM[:, :, None], ks_BH[..., None], v_BHD[:, :, None], r_BH
+  )
+  state_BHMD, norm_BHM, _ = carry
+  num_BHD = jnp.einsum('bhm,bhmd->bhd', phiq_BHM, state_BHMD)
+  den_BH = jnp.einsum('bhm,bhm->bh', phiq_BHM, norm_BHM)
+  return carry, _normalize(num_BHD, den_BH)
 
 
 @attention.register('favor')
@@ -241,6 +273,11 @@ class FavorAttention(nnx.Module):
       [B, L, H, D] in the dtype of q; a query that sees no real key gives
       zeros.
     """
+    out_BLHD, _ = self._attend(q_BLHD, k_BSHD, v_BSHD, mask)
+    return out_BLHD
+
+  def _attend(self, q_BLHD, k_BSHD, v_BSHD, mask):
+    """The output and, when causal, the final carry of the chunk-wise pass."""
     common.check_inputs(
       q_BLHD, k_BSHD, v_BSHD, mask, self.head_dim, same_length=self.causal
     )
@@ -251,14 +288,87 @@ class FavorAttention(nnx.Module):
     )
     b, s = k_BSHD.shape[:2]
     mask_BS = common.key_mask_or_ones(mask, b, s)
-    w_MD = None if self.projection is None else self.projection[...]
-    if w_MD is not None:
-      w_MD = w_MD.astype(compute)
+    w_MD = self._projection(compute)
+    carry = None
     if self.causal:
-      out_BLHD = self._causal(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
+      out_BLHD, carry = self._causal(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
     else:
       out_BLHD = self._bidirectional(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
-    return out_BLHD.astype(dtype)
+    return out_BLHD.astype(dtype), carry
+
+  def _projection(self, dtype):
+    """The projection [M, D] in `dtype`; None for deterministic features."""
+    if self.projection is None:
+      return None
+    return self.projection[...].astype(dtype)
+
+  def init_cache(
+    self, batch: int, heads: int, max_len: int, dtype=jnp.float32
+  ) -> decoding.Cache:
+    """The empty recurrent state; `max_len` is not needed (see `decoding`).
+
+    The state is kept in at least float32 whatever `dtype` the inputs have.
+    """
+    decoding.require_causal(self, 'init_cache')
+    del max_len
+    common.check_positive_int('batch', batch)
+    common.check_positive_int('heads', heads)
+    state = self._empty_state(
+      batch, heads, common.compute_dtype(dtype), self.projection is not None
+    )
+    return self._to_cache(state, 0)
+
+  @staticmethod
+  def _to_cache(carry, index) -> decoding.Cache:
+    state_BHMD, norm_BHM, max_BH = carry
+    return {
+      'state': state_BHMD,
+      'norm': norm_BHM,
+      'max': max_BH,
+      'index': jnp.asarray(index, jnp.int32),
+    }
+
+  def prefill(
+    self,
+    q_BLHD: jax.Array,
+    k_BLHD: jax.Array,
+    v_BLHD: jax.Array,
+    cache: decoding.Cache,
+    mask: jax.Array | None = None,
+  ) -> tuple[jax.Array, decoding.Cache]:
+    """The prompt's outputs and the carry after it (see `decoding`)."""
+    decoding.require_causal(self, 'prefill')
+    del cache  # The chunk-wise pass starts from the empty state.
+    out_BLHD, carry = self._attend(q_BLHD, k_BLHD, v_BLHD, mask)
+    return out_BLHD, self._to_cache(carry, q_BLHD.shape[1])
+
+  def decode(
+    self,
+    q_B1HD: jax.Array,
+    k_B1HD: jax.Array,
+    v_B1HD: jax.Array,
+    cache: decoding.Cache,
+  ) -> tuple[jax.Array, decoding.Cache]:
+    """One new position's output and the updated state (see `decoding`).
+
+    O(M D) per head whatever the position.
+    """
+    decoding.require_causal(self, 'decode')
+    decoding.check_step(q_B1HD, k_B1HD, v_B1HD, self.head_dim)
+    dtype = q_B1HD.dtype
+    compute = cache['state'].dtype
+    q_BHD, k_BHD, v_BHD = (
+      x[:, 0].astype(compute) for x in (q_B1HD, k_B1HD, v_B1HD)
+    )
+    w_MD = self._projection(compute)
+    phiq_BHM = self._query_features(q_BHD, w_MD)
+    kbase_BHM, ks_BH = self._key_features(
+      k_BHD, jnp.ones(k_BHD.shape[:2], bool), w_MD
+    )
+    carry = (cache['state'], cache['norm'], cache['max'])
+    carry, out_BHD = _token_step(carry, phiq_BHM, kbase_BHM, ks_BH, v_BHD)
+    out_B1HD = out_BHD[:, None].astype(dtype)
+    return out_B1HD, self._to_cache(carry, cache['index'] + 1)
 
   def _query_features(self, q_XD, w_MD):
     # The query's log scale is a per-query factor that cancels.
@@ -296,7 +406,7 @@ class FavorAttention(nnx.Module):
       )
       return _fold(carry, kbase_BHCM, ks_BHC, v_BHCD, rend_BH), None
 
-    init = self._empty_state(k_BSHD, w_MD)
+    init = self._empty_state_like(k_BSHD, w_MD)
     (state_BHMD, norm_BHM, _), _ = jax.lax.scan(
       jax.checkpoint(fold_step), init, kv_xs
     )
@@ -311,17 +421,19 @@ class FavorAttention(nnx.Module):
     out_NBHCD = jax.lax.map(jax.checkpoint(read), q_NBHCD)
     return _from_chunks(out_NBHCD, q_BLHD.shape[1])
 
-  def _empty_state(self, x_BLHD, w_MD):
+  def _empty_state(self, b, h, dtype, projected):
     """The carry (state, normalizer, running max) before any key."""
-    b, _, h, d = x_BLHD.shape
-    m = features.num_outputs(
-      self.kernel, self.num_features, d, w_MD is not None
-    )
+    d = self.head_dim
+    m = features.num_outputs(self.kernel, self.num_features, d, projected)
     return (
-      jnp.zeros((b, h, m, d), x_BLHD.dtype),
-      jnp.zeros((b, h, m), x_BLHD.dtype),
-      jnp.full((b, h), -jnp.inf, x_BLHD.dtype),
+      jnp.zeros((b, h, m, d), dtype),
+      jnp.zeros((b, h, m), dtype),
+      jnp.full((b, h), -jnp.inf, dtype),
     )
+
+  def _empty_state_like(self, x_BLHD, w_MD):
+    b, _, h, _ = x_BLHD.shape
+    return self._empty_state(b, h, x_BLHD.dtype, w_MD is not None)
 
   def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, w_MD):
     # Padding sits after every real position and is masked, so it changes
@@ -336,8 +448,9 @@ class FavorAttention(nnx.Module):
     # state per chunk alive instead of every chunk's features and C x C
     # weights: O(L (M + D) + L M D / C) memory instead of several L x M.
     step = jax.checkpoint(functools.partial(self._chunk_step, w_MD=w_MD))
-    _, out_NBHCD = jax.lax.scan(step, self._empty_state(q_BLHD, w_MD), xs)
-    return _from_chunks(out_NBHCD, q_BLHD.shape[1])
+    init = self._empty_state_like(q_BLHD, w_MD)
+    carry, out_NBHCD = jax.lax.scan(step, init, xs)
+    return _from_chunks(out_NBHCD, q_BLHD.shape[1]), carry
 
   def _chunk_step(self, carry, xs, *, w_MD):
     """One chunk: intra-chunk C x C part plus the carried prefix state."""
@@ -394,19 +507,11 @@ class FavorScanAttention(FavorAttention):
     kbase_BLHM, ks_BLH = self._key_features(k_BLHD, mask_BL[..., None], w_MD)
 
     def step(carry, xs):
-      phiq_BHM, kbase_BHM, ks_BH, v_BHD = xs
-      r_BH = jax.lax.stop_gradient(jnp.maximum(carry[2], ks_BH))
-      # A chunk of one position.
-      carry = _fold(
-        carry, kbase_BHM[:, :, None], ks_BH[..., None], v_BHD[:, :, None], r_BH
-      )
-      state_BHMD, norm_BHM, _ = carry
-      num_BHD = jnp.einsum('bhm,bhmd->bhd', phiq_BHM, state_BHMD)
-      den_BH = jnp.einsum('bhm,bhm->bh', phiq_BHM, norm_BHM)
-      return carry, _normalize(num_BHD, den_BH)
+      return _token_step(carry, *xs)
 
     xs = tuple(
       jnp.moveaxis(x, 1, 0) for x in (phiq_BLHM, kbase_BLHM, ks_BLH, v_BLHD)
     )
-    _, out_LBHD = jax.lax.scan(step, self._empty_state(q_BLHD, w_MD), xs)
-    return jnp.moveaxis(out_LBHD, 0, 1)
+    init = self._empty_state_like(q_BLHD, w_MD)
+    carry, out_LBHD = jax.lax.scan(step, init, xs)
+    return jnp.moveaxis(out_LBHD, 0, 1), carry

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from performer import attention
-from performer.attention import common
+from performer.attention import common, decoding
 
 PATTERNS = ('block', 'sliding')
 # Sliding windows use blocks of about half the window (fewest wasted key
@@ -264,7 +264,7 @@ def local_layout(
 
 
 @attention.register('local')
-class LocalAttention(nnx.Module):
+class LocalAttention(decoding.KVCacheDecoding, nnx.Module):
   """Local softmax attention, O(L * window) time and memory.
 
   Patterns (i = query position, j = key position, W = `window`):
@@ -281,7 +281,13 @@ class LocalAttention(nnx.Module):
   keys and their outputs are dropped). Padded keys (mask False) get zero
   weight; a query that sees no real key outputs zeros. The softmax runs in at
   least float32; the output has the dtype of q.
+
+  Decoding (see `decoding`) keeps a ring buffer of the positions a query can
+  still see: the last W ('sliding') or 2W ('block': the previous and the
+  current block) positions, whatever the length.
   """
+
+  ring = True  # For `decoding.KVCacheDecoding`.
 
   def __init__(
     self,
@@ -353,6 +359,19 @@ class LocalAttention(nnx.Module):
     )
     out_BNCHD = block_softmax(to_blocks(q_BLHD, c), [group])
     return out_BNCHD.reshape(b, -1, h, d)[:, :length]
+
+  def _cache_slots(self, max_len: int) -> int:
+    del max_len  # Constant memory.
+    return self.window if self.pattern == 'sliding' else 2 * self.window
+
+  def _allowed_slots(self, cache: decoding.Cache) -> jax.Array:
+    i = cache['index'] - 1
+    pos_T = decoding.slot_positions(cache)
+    w = self.window
+    if self.pattern == 'sliding':
+      return pos_T > i - w
+    # The query's block and the previous one.
+    return pos_T >= (i // w - 1) * w
 
 
 def _dense_pattern(layout: LocalLayout, length: int) -> np.ndarray:

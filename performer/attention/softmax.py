@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from performer import attention
-from performer.attention import common
+from performer.attention import common, decoding
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn')
 
@@ -56,8 +56,12 @@ def _pick_implementation(requested: str, dtype: jnp.dtype) -> str | None:
 
 
 @attention.register('softmax')
-class SoftmaxAttention(nnx.Module):
-  """Exact softmax attention, O(L^2) time and memory (O(L) with cuDNN)."""
+class SoftmaxAttention(decoding.KVCacheDecoding, nnx.Module):
+  """Exact softmax attention, O(L^2) time and memory (O(L) with cuDNN).
+
+  Decoding (see `decoding`) keeps a KV cache of `max_len` positions; its
+  single-query step always uses the XLA implementation.
+  """
 
   def __init__(
     self,
@@ -114,3 +118,6 @@ class SoftmaxAttention(nnx.Module):
         visible_BS.any(axis=1, keepdims=True), (mask.shape[0], q_BLHD.shape[1])
       )
     return out_BLHD * visible_BS[:, :, None, None].astype(out_BLHD.dtype)
+
+  def _allowed_slots(self, cache: decoding.Cache):
+    return True  # Every filled slot holds a position <= the query's.

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from performer import attention
-from performer.attention import common
+from performer.attention import common, decoding
 from performer.attention.local import (
   KeyGroup,
   block_softmax,
@@ -95,7 +95,7 @@ def bigbird_layout(
 
 
 @attention.register('sparse')
-class SparseAttention(nnx.Module):
+class SparseAttention(decoding.KVCacheDecoding, nnx.Module):
   """Block-sparse softmax attention: Sparse Transformer 'fixed' or 'bigbird'.
 
   Notation: l = `block_size`, block b holds positions [b*l, (b+1)*l); i is
@@ -118,6 +118,11 @@ class SparseAttention(nnx.Module):
   Any length works (blocks are padded internally). Padded keys (mask False)
   get zero weight; a query that sees no real key outputs zeros. The softmax
   runs in at least float32; the output has the dtype of q.
+
+  Decoding (see `decoding`) keeps a full KV cache of `max_len` positions and
+  masks it with the query block's row of `block_pattern(max_len)`: simple
+  and exact, though the summaries ('fixed') or the gathered blocks
+  ('bigbird') are all a query needs.
   """
 
   def __init__(
@@ -199,32 +204,36 @@ class SparseAttention(nnx.Module):
     Read off the same layout that `__call__` uses, for tests and figures;
     O(L^2), so small lengths only.
     """
-    c = self.block_size
     pos_L = np.arange(length)
-    block_L = pos_L // c
-    causal_LL = pos_L[None, :] <= pos_L[:, None] if self.causal else True
+    allowed_LL = self.block_pattern(length)[pos_L // self.block_size]
+    if self.causal:
+      allowed_LL &= pos_L[None, :] <= pos_L[:, None]
+    return allowed_LL
+
+  def block_pattern(self, length: int) -> np.ndarray:
+    """Bool [N, L]: the keys that the queries of block n may see.
+
+    Both patterns depend only on the query's block; causal attention in
+    addition cuts keys j > i. Read off the same layout that `__call__` uses.
+    """
+    c = self.block_size
+    n = -(-length // c)
+    block_L = np.arange(length) // c
     if self.pattern == 'fixed':
       _, summary_NK, summary_K = _fixed_summary(
-        -(-length // c), c, self.num_summary, self.causal
+        n, c, self.num_summary, self.causal
       )
-      allowed_LL = block_L[:, None] == block_L[None, :]
-      summary_LL = np.zeros((length, length), bool)
+      allowed_NL = block_L[None, :] == np.arange(n)[:, None]
       inside_K = summary_K < length
-      summary_LL[:, summary_K[inside_K]] = summary_NK[block_L][:, inside_K]
-      return (allowed_LL | summary_LL) & causal_LL
+      allowed_NL[:, summary_K[inside_K]] |= summary_NK[:, inside_K]
+      return allowed_NL
     layout = self._bigbird_layout(length)
     g = layout.num_global
-    allowed_LL = np.zeros((length, length), bool)
-    allowed_LL[block_L < g] = True
-    rows_L = np.nonzero(block_L >= g)[0]
-    n_L = block_L[rows_L] - g
-    for slot in range(layout.blocks_NG.shape[1]):
-      valid_L = layout.valid_NG[n_L, slot]
-      for offset in range(c):
-        j_L = layout.blocks_NG[n_L, slot] * c + offset
-        ok_L = valid_L & (j_L < length)
-        allowed_LL[rows_L[ok_L], j_L[ok_L]] = True
-    return allowed_LL & causal_LL
+    allowed_NL = np.zeros((n, length), bool)
+    allowed_NL[:g] = True
+    gathered_NGL = layout.blocks_NG[..., None] == block_L
+    allowed_NL[g:] = np.any(gathered_NGL & layout.valid_NG[..., None], axis=1)
+    return allowed_NL
 
   def __call__(
     self,
@@ -259,6 +268,13 @@ class SparseAttention(nnx.Module):
     else:
       out_BNCHD = self._bigbird(q_BNCHD, k_BNCHD, v_BNCHD, key_mask_BNC)
     return out_BNCHD.reshape(b, -1, h, d)[:, :length]
+
+  def _allowed_slots(self, cache: decoding.Cache) -> jax.Array:
+    # Causal layouts do not depend on the length, so the pattern of the
+    # whole cache gives every prefix's pattern. Slot = position, and only
+    # slots <= the query's position are filled.
+    allowed_NT = jnp.asarray(self.block_pattern(cache['valid'].shape[1]))
+    return allowed_NT[(cache['index'] - 1) // self.block_size]
 
   def _fixed(self, q_BNCHD, k_BNCHD, v_BNCHD, key_mask_BNC):
     b, n, c, h, d = q_BNCHD.shape

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from performer.data import lm, shakespeare, text_files, tfds_lm, tokenizers
 from performer.data.lm import Datasets
 
-__all__ = ['NAMES', 'Datasets', 'create', 'default_config']
+__all__ = ['NAMES', 'Datasets', 'create', 'default_config', 'load_tokenizer']
 
 NAMES = ('shakespeare', 'text_files', 'lm1b', 'pg19')
 _TEXT_FILE_FIELDS = ('path', 'train_path', 'validation_path', 'test_path')
@@ -144,14 +144,41 @@ def _spm_text_sample(split, sample_bytes: int) -> Iterator[str]:
       return
 
 
-def _tokenizer(c, splits, corpus_id: str):
+def _corpus_id(c) -> str:
+  """Names the corpus in the default SentencePiece model's file name."""
+  if c.name == 'text_files':
+    # Different text, different default SentencePiece model.
+    where = os.path.abspath(c.path or c.train_path)
+    return f'text_files_{hashlib.sha1(where.encode()).hexdigest()[:10]}'
+  return c.name
+
+
+def _spm_path(c) -> str:
+  """The SentencePiece model file: data.spm_model or the default path."""
+  if c.spm_model:
+    return c.spm_model
+  root = c.data_dir or tfds.core.constants.get_default_data_dir()
+  return os.path.join(root, 'spm', f'{_corpus_id(c)}_{c.spm_vocab_size}.model')
+
+
+def load_tokenizer(data_config: Mapping[str, Any]):
+  """The tokenizer a trained model of `data_config` uses, without the data.
+
+  Raises:
+    ValueError: an invalid data config.
+    FileNotFoundError: a SentencePiece model that was never trained.
+  """
+  c = _validated(data_config)
+  if c.tokenizer == 'byte':
+    return tokenizers.ByteTokenizer()
+  return tokenizers.SentencePieceTokenizer(_spm_path(c))
+
+
+def _tokenizer(c, splits):
   """Returns the byte tokenizer, or loads or trains the SentencePiece one."""
   if c.tokenizer == 'byte':
     return tokenizers.ByteTokenizer()
-  path = c.spm_model
-  if not path:
-    root = c.data_dir or tfds.core.constants.get_default_data_dir()
-    path = os.path.join(root, 'spm', f'{corpus_id}_{c.spm_vocab_size}.model')
+  path = _spm_path(c)
   if not os.path.exists(path):
     tokenizers.train_sentencepiece(
       _spm_text_sample(splits['train'], c.spm_sample_bytes),
@@ -200,7 +227,6 @@ def create(
 
   if c.name == 'shakespeare':
     streams = shakespeare.load(c.data_dir)
-    corpus_id = 'shakespeare'
   elif c.name == 'text_files':
     streams = text_files.load(
       path=c.path,
@@ -210,12 +236,8 @@ def create(
       validation_fraction=c.validation_fraction,
       test_fraction=c.test_fraction,
     )
-    # Different text, different default SentencePiece model.
-    where = os.path.abspath(c.path or c.train_path)
-    corpus_id = f'text_files_{hashlib.sha1(where.encode()).hexdigest()[:10]}'
   else:
     streams = None
-    corpus_id = c.name
   if streams is None:
     splits = tfds_lm.load(c.name, data_dir=c.data_dir, download=c.tfds_download)
   else:
@@ -224,7 +246,7 @@ def create(
       for split, data in streams.items()
     }
 
-  tokenizer = _tokenizer(c, splits, corpus_id)
+  tokenizer = _tokenizer(c, splits)
   if streams is not None and c.tokenizer == 'sentencepiece':
     # Streams are tokenized once, up front; documents window by window.
     for split, data in streams.items():

@@ -1,0 +1,228 @@
+"""How well random features approximate attention (paper, Fig. 4).
+
+Dense L x L matrices on purpose: the point is to compare an estimate with the
+exact quantity entry by entry, so nothing here is meant for long sequences.
+The feature maps come from `performer.attention.features`; this module only
+turns their dot products into kernel and attention estimates and measures
+the error.
+
+Conventions. Queries and keys are [L, D] and [S, D]; the softmax logit is
+q . k / sqrt(D). For a projection with M rows:
+  * softmax kernels ('softmax' positive, 'softmax_trig' trigonometric): the
+    estimate of exp(q . k / sqrt(D)) is phi(q) . phi(k), as the features
+    already carry their 1 / sqrt(M).
+  * generalized kernels (e.g. 'relu'): the features f(w_m . q') + eps carry
+    no 1 / sqrt(M), so the estimate of the kernel is phi(q) . phi(k) / M.
+    Its exact value is the expectation over one Gaussian row w ~ N(0, I_D)
+    (orthogonal rows with 'chi' norms are marginally Gaussian too, so both
+    projections estimate the same kernel). Only 'relu' has a closed form
+    here (`exact_relu_kernel`).
+The attention matrix is the kernel matrix with each row divided by its sum;
+the output is that matrix times the values. A kernel's scale cancels in
+both.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from performer.attention import features
+
+# Kernels whose exact value `exact_kernel` knows.
+EXACT_KERNELS = features.SOFTMAX_KERNELS + ('relu',)
+
+
+def exact_softmax_kernel(q_LD: jax.Array, k_SD: jax.Array) -> jax.Array:
+  """exp(q . k / sqrt(D)) for every pair: [L, S]."""
+  d = q_LD.shape[-1]
+  return jnp.exp(q_LD @ k_SD.T / math.sqrt(d))
+
+
+def exact_relu_kernel(
+  q_LD: jax.Array, k_SD: jax.Array, eps: float = 0.0
+) -> jax.Array:
+  """E_w[(relu(w . q') + eps) (relu(w . k') + eps)], w ~ N(0, I_D): [L, S].
+
+  q' = q D^-1/4 and k' = k D^-1/4 as in the feature maps. Without eps this
+  is the first-order arc-cosine kernel (Cho and Saul, 2009),
+    |q'| |k'| (sin t + (pi - t) cos t) / (2 pi),  t the angle of q and k,
+  and eps adds eps E[relu(w . x')] = eps |x'| / sqrt(2 pi) per side plus
+  eps^2.
+
+  Args:
+    q_LD: queries.
+    k_SD: keys.
+    eps: the features' additive constant (`feature_parts`' eps).
+
+  Returns:
+    The exact kernel matrix, float32.
+  """
+  d = q_LD.shape[-1]
+  q_LD = q_LD * d**-0.25
+  k_SD = k_SD * d**-0.25
+  qn_L = jnp.linalg.norm(q_LD, axis=-1)
+  kn_S = jnp.linalg.norm(k_SD, axis=-1)
+  norms_LS = qn_L[:, None] * kn_S[None, :]
+  cos_LS = jnp.clip(q_LD @ k_SD.T / jnp.maximum(norms_LS, 1e-30), -1.0, 1.0)
+  theta_LS = jnp.arccos(cos_LS)
+  arccos_LS = (
+    norms_LS
+    * (jnp.sin(theta_LS) + (math.pi - theta_LS) * cos_LS)
+    / (2 * math.pi)
+  )
+  mean_relu = 1.0 / math.sqrt(2 * math.pi)
+  return arccos_LS + eps * mean_relu * (qn_L[:, None] + kn_S[None, :]) + eps**2
+
+
+def exact_kernel(
+  q_LD: jax.Array, k_SD: jax.Array, kernel: str, eps: float = 1e-3
+) -> jax.Array:
+  """The kernel matrix that `kernel`'s random features estimate: [L, S].
+
+  Args:
+    q_LD: queries.
+    k_SD: keys.
+    kernel: one of `EXACT_KERNELS`; both softmax kernels estimate the same
+      exp(q . k / sqrt(D)).
+    eps: the generalized features' additive constant.
+
+  Raises:
+    ValueError: for a kernel without a known exact value.
+  """
+  if kernel in features.SOFTMAX_KERNELS:
+    return exact_softmax_kernel(q_LD, k_SD)
+  if kernel == 'relu':
+    return exact_relu_kernel(q_LD, k_SD, eps)
+  raise ValueError(
+    f'no exact kernel for {kernel!r}; valid: {list(EXACT_KERNELS)}'
+  )
+
+
+def estimated_kernel(
+  q_LD: jax.Array,
+  k_SD: jax.Array,
+  w_MD: jax.Array,
+  kernel: str,
+  eps: float = 1e-3,
+) -> jax.Array:
+  """The random-feature estimate of `exact_kernel`: [L, S].
+
+  Args:
+    q_LD: queries.
+    k_SD: keys.
+    w_MD: the projection (rows w_m).
+    kernel: one of `features.KERNELS`.
+    eps: the generalized features' additive constant.
+  """
+  phi_LF = features.feature_map(q_LD, w_MD, kernel, eps)
+  phi_SF = features.feature_map(k_SD, w_MD, kernel, eps)
+  k_LS = phi_LF @ phi_SF.T
+  if kernel in features.SOFTMAX_KERNELS:
+    return k_LS
+  # Generalized features sum over the rows instead of averaging.
+  return k_LS / w_MD.shape[0]
+
+
+def attention_matrix(kernel_LS: jax.Array) -> jax.Array:
+  """Rows normalized to sum to one: D^-1 K."""
+  return kernel_LS / jnp.sum(kernel_LS, axis=-1, keepdims=True)
+
+
+def approximation_errors(
+  q_LD: jax.Array,
+  k_SD: jax.Array,
+  v_SD: jax.Array,
+  w_MD: jax.Array,
+  kernel: str,
+  eps: float = 1e-3,
+  small_quantile: float = 0.1,
+) -> dict[str, jax.Array]:
+  """Mean squared errors of one random-feature estimate.
+
+  Args:
+    q_LD: queries.
+    k_SD: keys.
+    v_SD: values.
+    w_MD: the projection.
+    kernel: one of `EXACT_KERNELS`.
+    eps: the generalized features' additive constant.
+    small_quantile: which entries count as small kernel values for
+      'small_kernel_mse'.
+
+  Returns:
+    Scalars: 'kernel_mse' (of the unnormalized kernel matrix),
+    'small_kernel_mse' (the same over the entries whose exact kernel value
+    is at most its `small_quantile` quantile, taken over a strided subset
+    of at most about 512 x 512 entries; where positive and trigonometric
+    features differ most), 'attention_mse' (of the row-normalized attention
+    matrix) and 'output_mse' (of attention times the values, the paper's
+    Fig. 4 quantity), each a mean over entries.
+  """
+  exact_LS = exact_kernel(q_LD, k_SD, kernel, eps)
+  approx_LS = estimated_kernel(q_LD, k_SD, w_MD, kernel, eps)
+  a_LS = attention_matrix(exact_LS)
+  a_hat_LS = attention_matrix(approx_LS)
+  sq_LS = jnp.square(approx_LS - exact_LS)
+  # The quantile of a strided subset: sorting all L x S entries would cost
+  # more than the rest of the function.
+  row_stride = max(1, exact_LS.shape[0] // 512)
+  col_stride = max(1, exact_LS.shape[1] // 512)
+  subset = exact_LS[::row_stride, ::col_stride]
+  threshold = jnp.quantile(subset, small_quantile)
+  small_LS = exact_LS <= threshold
+  return {
+    'kernel_mse': jnp.mean(sq_LS),
+    'small_kernel_mse': jnp.sum(jnp.where(small_LS, sq_LS, 0.0))
+    / jnp.sum(small_LS),
+    'attention_mse': jnp.mean(jnp.square(a_hat_LS - a_LS)),
+    'output_mse': jnp.mean(jnp.square(a_hat_LS @ v_SD - a_LS @ v_SD)),
+  }
+
+
+def draw_inputs(
+  key: jax.Array, length: int, dim: int, qk_std: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """q, k ~ N(0, qk_std^2) and v ~ N(0, 1) entries, each [length, dim]."""
+  kq, kk, kv = jax.random.split(key, 3)
+  shape = (length, dim)
+  q_LD = qk_std * jax.random.normal(kq, shape, jnp.float32)
+  k_LD = qk_std * jax.random.normal(kk, shape, jnp.float32)
+  v_LD = jax.random.normal(kv, shape, jnp.float32)
+  return q_LD, k_LD, v_LD
+
+
+def sample_errors(
+  key: jax.Array,
+  *,
+  length: int,
+  dim: int,
+  num_features: int,
+  projection: str,
+  kernel: str,
+  qk_std: float,
+  eps: float = 1e-3,
+  small_quantile: float = 0.1,
+) -> dict[str, jax.Array]:
+  """`approximation_errors` for one draw of inputs and one of the projection.
+
+  The inputs depend on `key` only (not on the projection or kernel), so
+  configurations evaluated with the same key see the same q, k, v.
+
+  Args:
+    key: a JAX random key.
+    length: L = S.
+    dim: D.
+    num_features: M, rows of the projection.
+    projection: 'iid' or 'orthogonal'.
+    kernel: one of `EXACT_KERNELS`.
+    qk_std: standard deviation of the query and key entries.
+    eps: the generalized features' additive constant.
+    small_quantile: see `approximation_errors`.
+  """
+  input_key, proj_key = jax.random.split(key)
+  q_LD, k_LD, v_LD = draw_inputs(input_key, length, dim, qk_std)
+  w_MD = features.draw_projection(proj_key, num_features, dim, projection)
+  return approximation_errors(
+    q_LD, k_LD, v_LD, w_MD, kernel, eps, small_quantile
+  )

@@ -1,0 +1,349 @@
+"""Text generation with a causal `LanguageModel`: prefill, then decode.
+
+The prompt goes through the model in one parallel pass (`prefill`), then
+each new token costs one `decode_step` on the cached state: constant time
+per token with FAVOR+, a KV cache for softmax (see
+`performer.attention.decoding`). Both steps are jitted top-level functions
+of the split model, the cache is donated to the next step.
+
+  tokens = generate(model, prompt_tokens, num_tokens=200, temperature=0.8,
+                    top_k=40, top_p=0.95, seed=0)
+
+Sampling: logits / temperature, then top-k, then top-p (nucleus) on what
+is left, then a categorical draw with key fold_in(key(seed), i) for token i,
+so a seed gives the same text on every run. Temperature 0 is greedy.
+
+`load_model(workdir)` rebuilds a trained model from a trainer's workdir.
+"""
+
+import functools
+import math
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from performer import checkpoint as ckpt_lib
+from performer import data
+from performer import model as model_lib
+from performer.attention import common
+
+
+class Sampling(NamedTuple):
+  """How tokens are drawn from the logits (static in the jitted steps).
+
+  Attributes:
+    temperature: > 0 divides the logits; 0 picks the most likely token.
+    top_k: keep only the k most likely tokens (ties at the k-th logit are
+      kept too); 0 keeps all.
+    top_p: keep the smallest set of most likely tokens whose probability
+      reaches top_p (the most likely token always stays); 1 keeps all.
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+
+def check_sampling(temperature, top_k=0, top_p=1.0) -> Sampling:
+  """Returns the validated `Sampling`, or raises ValueError naming the value.
+
+  Raises:
+    ValueError: temperature < 0 or not finite, top_k not an int >= 0,
+      top_p outside (0, 1].
+  """
+  if (
+    isinstance(temperature, bool)
+    or not isinstance(temperature, int | float)
+    or not math.isfinite(temperature)
+    or temperature < 0
+  ):
+    raise ValueError(
+      f'temperature must be a finite number >= 0 (0 = greedy), got '
+      f'{temperature!r}'
+    )
+  if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    raise ValueError(f'top_k must be an int >= 0 (0 = off), got {top_k!r}')
+  if (
+    isinstance(top_p, bool)
+    or not isinstance(top_p, int | float)
+    or not 0 < top_p <= 1
+  ):
+    raise ValueError(f'top_p must be in (0, 1] (1 = off), got {top_p!r}')
+  return Sampling(float(temperature), top_k, float(top_p))
+
+
+def filter_logits(
+  logits_BV: jax.Array, *, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
+  """Sets the logits outside the top-k / top-p support to -inf.
+
+  Args:
+    logits_BV: float logits (already divided by the temperature).
+    top_k: keep the tokens whose logit is >= the k-th largest; 0 = all.
+    top_p: then keep the most likely tokens until their probability (under
+      the softmax of what top-k kept) reaches top_p: a token stays when the
+      probability of the tokens ranked before it is < top_p. 1 = all.
+
+  Returns:
+    The logits, -inf outside the support.
+  """
+  if 0 < top_k < logits_BV.shape[-1]:
+    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][..., -1:]
+    logits_BV = jnp.where(logits_BV >= kth_B1, logits_BV, -jnp.inf)
+  if top_p < 1:
+    sorted_BV = -jnp.sort(-logits_BV, axis=-1)
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    # The smallest kept logit; the first token is kept whatever top_p is.
+    kept_BV = jnp.where(before_BV < top_p, sorted_BV, jnp.inf)
+    cutoff_B1 = jnp.min(kept_BV, axis=-1, keepdims=True)
+    logits_BV = jnp.where(logits_BV >= cutoff_B1, logits_BV, -jnp.inf)
+  return logits_BV
+
+
+def sample(logits_BV: jax.Array, key: jax.Array, sampling: Sampling):
+  """Draws one token per row: int32 [B]."""
+  logits_BV = logits_BV.astype(jnp.float32)
+  if sampling.temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = filter_logits(
+    logits_BV / sampling.temperature,
+    top_k=sampling.top_k,
+    top_p=sampling.top_p,
+  )
+  return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 6))
+def prefill_and_sample(graphdef, state, tokens_BL, max_len, key, i, sampling):
+  """Prefills a fresh cache of `max_len`; returns (next token [B], cache).
+
+  Jitted; `graphdef`, `max_len` and `sampling` are static. The token is
+  drawn with fold_in(key, i): folding inside the jitted step saves an eager
+  dispatch per token, a large part of FAVOR+'s time per token.
+  """
+  model = nnx.merge(graphdef, state)
+  cache = model.init_cache(tokens_BL.shape[0], max_len)
+  logits_BLV, cache = model.prefill(tokens_BL, cache)
+  token_B = sample(logits_BLV[:, -1], jax.random.fold_in(key, i), sampling)
+  return token_B, cache
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=3)
+def decode_and_sample(graphdef, state, tokens_B, cache, key, i, sampling):
+  """Feeds tokens_B at cache['index']; returns (next token [B], cache).
+
+  Jitted; `graphdef` and `sampling` are static, the cache is donated. The
+  token is drawn with fold_in(key, i).
+  """
+  model = nnx.merge(graphdef, state)
+  logits_B1V, cache = model.decode_step(tokens_B[:, None], cache)
+  token_B = sample(logits_B1V[:, 0], jax.random.fold_in(key, i), sampling)
+  return token_B, cache
+
+
+def generate(
+  model: nnx.Module,
+  prompt,
+  *,
+  num_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  seed: int = 0,
+) -> np.ndarray:
+  """Continues `prompt` with `num_tokens` sampled tokens.
+
+  With learned positions the model has a maximum length (max_len); when
+  prompt plus continuation would exceed it, generation goes on from the
+  last max_len // 2 tokens each time the cache is full (one new prefill),
+  as the model saw windows starting at position 0 in training.
+
+  Args:
+    model: a causal `LanguageModel`.
+    prompt: int token ids, [L] or a batch [B, L] of equal-length prompts.
+    num_tokens: how many tokens to generate (>= 0).
+    temperature: see `Sampling`; 0 is greedy.
+    top_k: see `Sampling`.
+    top_p: see `Sampling`.
+    seed: the sampling seed.
+
+  Returns:
+    int32 generated tokens (without the prompt), [num_tokens] or
+    [B, num_tokens].
+
+  Raises:
+    ValueError: an empty prompt, a prompt longer than the model's maximum,
+      token ids outside the vocabulary, or invalid sampling settings.
+  """
+  sampling = check_sampling(temperature, top_k, top_p)
+  common.check_positive_int('num_tokens', num_tokens, minimum=0)
+  prompt_BL = np.asarray(prompt)
+  single = prompt_BL.ndim == 1
+  if single:
+    prompt_BL = prompt_BL[None]
+  if prompt_BL.ndim != 2 or prompt_BL.shape[1] == 0:
+    raise ValueError(
+      f'prompt must be [length] or [batch, length] token ids with length '
+      f'>= 1, got shape {prompt_BL.shape}'
+    )
+  vocab = model.encoder.token_embed.num_embeddings
+  if prompt_BL.min() < 0 or prompt_BL.max() >= vocab:
+    raise ValueError(
+      f'prompt token ids must lie in [0, {vocab}), got '
+      f'[{prompt_BL.min()}, {prompt_BL.max()}]'
+    )
+  limit = model.max_decode_len
+  b, length = prompt_BL.shape
+  if limit is not None and length > limit:
+    raise ValueError(
+      f'the prompt has {length} tokens but the model supports at most '
+      f'max_len={limit} (learned positions); shorten the prompt'
+    )
+  if num_tokens == 0:
+    out = np.zeros((b, 0), np.int32)
+    return out[0] if single else out
+  capacity = length + num_tokens
+  if limit is not None:
+    capacity = min(capacity, limit)
+  graphdef, state = nnx.split(model)
+  key = jax.random.key(seed)
+  token_B, cache = prefill_and_sample(
+    graphdef,
+    state,
+    jnp.asarray(prompt_BL, jnp.int32),
+    capacity,
+    key,
+    0,
+    sampling,
+  )
+  # Device arrays: without a host copy per token, the next steps are
+  # dispatched while the device still computes.
+  generated = [token_B]
+  position = length  # Of the token just sampled, in the cache.
+  for i in range(1, num_tokens):
+    if position == capacity:  # Only with a maximum length: start afresh.
+      keep = max(capacity // 2, 1)
+      so_far_BT = np.concatenate(
+        [prompt_BL, np.stack(jax.device_get(generated), axis=1)], axis=1
+      )
+      token_B, cache = prefill_and_sample(
+        graphdef,
+        state,
+        jnp.asarray(so_far_BT[:, -keep:], jnp.int32),
+        capacity,
+        key,
+        i,
+        sampling,
+      )
+      position = keep
+    else:
+      token_B, cache = decode_and_sample(
+        graphdef, state, token_B, cache, key, i, sampling
+      )
+      position += 1
+    generated.append(token_B)
+  out = np.stack(jax.device_get(generated), axis=1).astype(np.int32)
+  return out[0] if single else out
+
+
+def load_model(
+  workdir: str, step: int | None = None
+) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
+  """Rebuilds the model of a trainer's workdir from a checkpoint.
+
+  Args:
+    workdir: a workdir of `train.train_and_evaluate` (config.json and
+      checkpoints/).
+    step: which checkpoint; default the best by the run's validation
+      metric (else the newest).
+
+  Returns:
+    (the model, the run's config, the checkpoint step).
+
+  Raises:
+    FileNotFoundError: no such workdir, no config, no checkpoint, or no
+      checkpoint `step`.
+  """
+  # Imported here: the trainer imports this module for its sample.
+  from performer import train
+
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir} does not exist')
+  saved = ckpt_lib.read_saved_config(workdir)
+  ckpt_dir = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)
+  if saved is None or not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(
+      f'workdir {workdir} holds no checkpoint (expected {ckpt_lib.CONFIG_FILE}'
+      f' and {ckpt_lib.CHECKPOINT_DIR}/ written by scripts/train.py)'
+    )
+  config = ml_collections.ConfigDict(saved)
+  ckpts = ckpt_lib.Checkpoints(
+    ckpt_dir,
+    keep=config.keep_checkpoints,
+    best_metric=config.best_metric,
+    best_mode=config.best_mode,
+  )
+  try:
+    steps = ckpts.all_steps()
+    if step is None:
+      step = ckpts.best_step()
+    if step is None or step not in steps:
+      raise FileNotFoundError(
+        f'no checkpoint {"" if step is None else step} in {ckpt_dir}; '
+        f'saved steps: {steps}'
+      )
+    model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
+    tx, _ = train.make_optimizer(config)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split(train.TrainState(model, optimizer))
+    state = ckpts.restore(step, ckpt_lib.abstract(state))
+  finally:
+    ckpts.close()
+  return nnx.merge(graphdef, state).model, config, step
+
+
+def generate_text(
+  workdir: str,
+  prompt: str,
+  *,
+  num_tokens: int,
+  temperature: float,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  seed: int = 0,
+  step: int | None = None,
+) -> str:
+  """Loads a workdir's model; returns the prompt and its continuation.
+
+  The text is encoded and decoded with the run's tokenizer (bytes: UTF-8
+  with invalid sequences replaced by U+FFFD). Arguments as in `generate`
+  and `load_model`.
+
+  Raises:
+    FileNotFoundError: a workdir without checkpoint, or a missing step.
+    ValueError: an empty or too long prompt, or bad sampling settings.
+  """
+  check_sampling(temperature, top_k, top_p)
+  model, config, _ = load_model(workdir, step)
+  tokenizer = data.load_tokenizer(config.data)
+  prompt_tokens = tokenizer.encode(prompt)
+  if prompt_tokens.size == 0:
+    raise ValueError('the prompt is empty; give at least one token')
+  tokens = generate(
+    model,
+    prompt_tokens.astype('int32'),
+    num_tokens=num_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    seed=seed,
+  )
+  # Decoded together, so that a character split at the boundary survives.
+  return tokenizer.decode(list(prompt_tokens) + list(tokens))
