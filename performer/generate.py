@@ -147,6 +147,41 @@ def decode_and_sample(graphdef, state, tokens_B, cache, key, i, sampling):
   return token_B, cache
 
 
+# Decode steps per jitted call in `generate`: a lax.scan over steps saves the
+# per-call dispatch from Python, which for a small model costs more than the
+# step itself. Calls take powers of two steps, so at most
+# log2(MAX_STEPS_PER_CALL) + 1 programs are ever compiled.
+MAX_STEPS_PER_CALL = 64
+
+
+@functools.partial(jax.jit, static_argnums=(0, 6, 7), donate_argnums=3)
+def decode_steps_and_sample(
+  graphdef, state, tokens_B, cache, key, i, num_steps, sampling
+):
+  """`num_steps` of `decode_and_sample` in one call (a lax.scan).
+
+  Returns (tokens [B, num_steps], cache): the same tokens as `num_steps`
+  calls of `decode_and_sample` with i, i + 1, ..., which the tests check.
+  """
+  model = nnx.merge(graphdef, state)
+
+  def body(carry, j):
+    token_B, cache = carry
+    logits_B1V, cache = model.decode_step(token_B[:, None], cache)
+    token_B = sample(logits_B1V[:, 0], jax.random.fold_in(key, i + j), sampling)
+    return (token_B, cache), token_B
+
+  (_, cache), tokens_NB = jax.lax.scan(
+    body, (tokens_B, cache), jnp.arange(num_steps)
+  )
+  return tokens_NB.T, cache
+
+
+def steps_per_call(remaining: int) -> int:
+  """The largest power of two <= min(remaining, MAX_STEPS_PER_CALL)."""
+  return 1 << (min(remaining, MAX_STEPS_PER_CALL).bit_length() - 1)
+
+
 def generate(
   model: nnx.Module,
   prompt,
@@ -222,15 +257,16 @@ def generate(
     0,
     sampling,
   )
-  # Device arrays: without a host copy per token, the next steps are
+  # Device arrays [B, n]: without a host copy per call, the next steps are
   # dispatched while the device still computes.
-  generated = [token_B]
+  generated = [token_B[:, None]]
   position = length  # Of the token just sampled, in the cache.
-  for i in range(1, num_tokens):
+  i = 1  # Tokens generated so far.
+  while i < num_tokens:
     if position == capacity:  # Only with a maximum length: start afresh.
       keep = max(capacity // 2, 1)
       so_far_BT = np.concatenate(
-        [prompt_BL, np.stack(jax.device_get(generated), axis=1)], axis=1
+        [prompt_BL, *jax.device_get(generated)], axis=1
       )
       token_B, cache = prefill_and_sample(
         graphdef,
@@ -241,14 +277,19 @@ def generate(
         i,
         sampling,
       )
+      generated.append(token_B[:, None])
       position = keep
-    else:
-      token_B, cache = decode_and_sample(
-        graphdef, state, token_B, cache, key, i, sampling
-      )
-      position += 1
-    generated.append(token_B)
-  out = np.stack(jax.device_get(generated), axis=1).astype(np.int32)
+      i += 1
+      continue
+    n = steps_per_call(min(num_tokens - i, capacity - position))
+    tokens_BN, cache = decode_steps_and_sample(
+      graphdef, state, token_B, cache, key, i, n, sampling
+    )
+    generated.append(tokens_BN)
+    token_B = tokens_BN[:, -1]
+    position += n
+    i += n
+  out = np.concatenate(jax.device_get(generated), axis=1).astype(np.int32)
   return out[0] if single else out
 
 

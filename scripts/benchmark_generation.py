@@ -23,6 +23,7 @@ attended prefix grows with the position).
 """
 
 import os
+import statistics
 import sys
 import time
 
@@ -58,12 +59,32 @@ _LATE = flags.DEFINE_list(
   'late', ['7000', '8000'], 'Positions [start, stop) of the late mean.'
 )
 _SEED = flags.DEFINE_integer('seed', 0, 'Model and sampling seed.')
+_REPEATS = flags.DEFINE_integer(
+  'repeats', 3, 'Timed generations; each position gets its median time.'
+)
+_STEPS_PER_CALL = flags.DEFINE_integer(
+  'steps_per_call',
+  generate_lib.MAX_STEPS_PER_CALL,
+  'Decode steps per jitted call, as in `generate` (1: one call per token).',
+)
 _JSON = flags.DEFINE_string('json', None, 'Where to write the JSON.')
 _PNG = flags.DEFINE_string('png', None, 'Where to write the PNG plot.')
 
 
-def measure(config, variant: str, num_tokens: int, prompt_len: int, seed: int):
+def measure(
+  config,
+  variant: str,
+  num_tokens: int,
+  prompt_len: int,
+  seed: int,
+  per_call: int = 1,
+  repeats: int = 1,
+):
   """Times generating up to `num_tokens` positions with `variant`.
+
+  Decoding runs as `generate` does, in calls of up to `per_call` steps (a
+  power of two; 1 times every token on its own). The whole generation is
+  timed `repeats` times; each position gets its median time.
 
   Returns:
     A record: 'variant', 'positions' (of the fed tokens), 'step_ms' (one
@@ -89,25 +110,43 @@ def measure(config, variant: str, num_tokens: int, prompt_len: int, seed: int):
     )
     return jax.block_until_ready((token, cache))
 
-  def step(token, cache, i):
-    return jax.block_until_ready(
-      generate_lib.decode_and_sample(
-        graphdef, state, token, cache, key, i, sampling
-      )
+  def steps(token_B, cache, i, n):
+    tokens_BN, cache = generate_lib.decode_steps_and_sample(
+      graphdef, state, token_B, cache, key, i, n, sampling
     )
+    return jax.block_until_ready((tokens_BN[:, -1], cache))
 
+  # The calls `generate` makes: powers of two up to steps_per_call.
+  calls = []
+  i = prompt_len
+  while i < num_tokens:
+    calls.append(
+      (i, generate_lib.steps_per_call(min(num_tokens - i, per_call)))
+    )
+    i += calls[-1][1]
   start = time.perf_counter()
-  step(*prefill(), 0)  # Compiles both steps.
+  for n in sorted({n for _, n in calls}):  # Compiles every program used.
+    steps(*prefill(), 0, n)
   compile_s = time.perf_counter() - start
 
-  start = time.perf_counter()
-  token, cache = prefill()
-  prefill_ms = 1e3 * (time.perf_counter() - start)
-  step_ms = []
-  for i in range(prompt_len, num_tokens):
+  def one_run():
     start = time.perf_counter()
-    token, cache = step(token, cache, i)
-    step_ms.append(1e3 * (time.perf_counter() - start))
+    token, cache = prefill()
+    prefill_ms = 1e3 * (time.perf_counter() - start)
+    step_ms = []
+    for i, n in calls:
+      start = time.perf_counter()
+      token, cache = steps(token, cache, i, n)
+      # Each position of a call is charged the call's mean time per token.
+      step_ms.extend([1e3 * (time.perf_counter() - start) / n] * n)
+    return prefill_ms, step_ms
+
+  # Per position, the median over the runs: one slow call on a shared
+  # machine would otherwise weigh on a whole window's mean.
+  runs = [one_run() for _ in range(repeats)]
+  prefill_ms = statistics.median(r[0] for r in runs)
+  per_run_step_ms = [r[1] for r in runs]
+  step_ms = [statistics.median(t) for t in zip(*per_run_step_ms, strict=True)]
   return {
     'variant': variant,
     'num_layers': config.model.num_layers,
@@ -116,6 +155,8 @@ def measure(config, variant: str, num_tokens: int, prompt_len: int, seed: int):
     'position': config.model.position,
     'attention_options': config.model.attention_options[variant].to_dict(),
     'prompt_len': prompt_len,
+    'steps_per_call': per_call,
+    'repeats': repeats,
     'positions': list(range(prompt_len, num_tokens)),
     'step_ms': step_ms,
     'prefill_ms': prefill_ms,
@@ -198,14 +239,26 @@ def run(
   early: tuple[int, int],
   late: tuple[int, int],
   seed: int,
-  json_path: str | None,
-  png_path: str | None,
+  steps_per_call: int = 1,
+  repeats: int = 1,
+  json_path: str | None = None,
+  png_path: str | None = None,
 ) -> dict:
   """Measures every variant, prints the summary, writes JSON and PNG."""
   records = []
   for variant in variants:
     print(f'{variant}: generating {num_tokens} positions ...', flush=True)
-    records.append(measure(config, variant, num_tokens, prompt_len, seed))
+    records.append(
+      measure(
+        config,
+        variant,
+        num_tokens,
+        prompt_len,
+        seed,
+        steps_per_call,
+        repeats,
+      )
+    )
   summary = summarize(records, early, late)
   for name, values in summary.items():
     print(f'{name}: {values}')
@@ -233,6 +286,12 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   num_tokens, prompt_len = _NUM_TOKENS.value, _PROMPT_LEN.value
+  if _REPEATS.value < 1:
+    raise app.UsageError(f'--repeats must be >= 1, got {_REPEATS.value}')
+  if _STEPS_PER_CALL.value < 1:
+    raise app.UsageError(
+      f'--steps_per_call must be >= 1, got {_STEPS_PER_CALL.value}'
+    )
   if not 1 <= prompt_len < num_tokens:
     raise app.UsageError(
       f'need 1 <= --prompt_len < --num_tokens, got {prompt_len}, {num_tokens}'
@@ -245,6 +304,8 @@ def main(argv: list[str]) -> None:
     early=_window(_EARLY.value, 'early'),
     late=_window(_LATE.value, 'late'),
     seed=_SEED.value,
+    steps_per_call=_STEPS_PER_CALL.value,
+    repeats=_REPEATS.value,
     json_path=_JSON.value,
     png_path=_PNG.value,
   )

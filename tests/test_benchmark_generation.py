@@ -39,6 +39,8 @@ def test_writes_json_and_png(tmp_path, capsys):
     early=(5, 15),
     late=(30, 40),
     seed=0,
+    steps_per_call=8,  # Calls of 8, 8, 8, 8, 4 and 1 steps.
+    repeats=2,
     json_path=str(paths['json']),
     png_path=str(paths['png']),
   )
@@ -51,6 +53,9 @@ def test_writes_json_and_png(tmp_path, capsys):
     assert all(t > 0 for t in record['step_ms'])
     assert record['total_s'] > sum(record['step_ms']) / 1e3
     assert record['compile_s'] > 0
+    assert record['steps_per_call'] == 8 and record['repeats'] == 2
+    # Each call's positions share its mean time per token.
+    assert len(set(record['step_ms'][:8])) == 1
   summary = saved['summary']
   for variant in ('favor', 'softmax'):
     assert summary[variant]['early_mean_ms'] > 0

@@ -123,6 +123,50 @@ def test_sampling_with_a_seed_is_deterministic():
   assert np.any(a != c)
 
 
+def _sample_one_step_at_a_time(model, prompt, num_tokens, seed, sampling):
+  """`generate` with one jitted decode call per token (no lax.scan)."""
+  graphdef, state = nnx.split(model)
+  key = jax.random.key(seed)
+  prompt_1L = jnp.asarray(prompt[None])
+  token, cache = gen.prefill_and_sample(
+    graphdef, state, prompt_1L, len(prompt) + num_tokens, key, 0, sampling
+  )
+  tokens = [int(token[0])]
+  for i in range(1, num_tokens):
+    token, cache = gen.decode_and_sample(
+      graphdef, state, token, cache, key, i, sampling
+    )
+    tokens.append(int(token[0]))
+  return np.array(tokens, np.int32)
+
+
+@pytest.mark.parametrize('name', ['favor', 'softmax'])
+def test_steps_per_call_do_not_change_the_samples(name, monkeypatch):
+  # 11 tokens with at most 4 steps per call: calls of 4, 4 and 2 steps.
+  monkeypatch.setattr(gen, 'MAX_STEPS_PER_CALL', 4)
+  model = _model(name)
+  sampling = gen.check_sampling(1.0, top_k=10, top_p=0.9)
+  got = gen.generate(
+    model, PROMPT, num_tokens=11, seed=5, temperature=1.0, top_k=10, top_p=0.9
+  )
+  expected = _sample_one_step_at_a_time(model, PROMPT, 11, 5, sampling)
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_steps_per_call_are_powers_of_two():
+  assert [gen.steps_per_call(n) for n in (1, 2, 3, 7, 8, 63, 64, 65, 1000)] == [
+    1,
+    2,
+    2,
+    4,
+    8,
+    32,
+    64,
+    64,
+    64,
+  ]
+
+
 def test_batched_prompts():
   model = _model()
   prompts = np.stack([PROMPT, PROMPT[::-1]])
