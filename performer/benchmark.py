@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -236,6 +237,29 @@ def describe_error(error: BaseException, limit: int = 500) -> str:
   first = lines[0] if lines else ''
   text = f'{type(error).__name__}: {first}'
   return text if len(text) <= limit else text[: limit - 3] + '...'
+
+
+def format_ms(ms: float | None) -> str:
+  """Milliseconds with about three significant digits; '-' for None."""
+  if ms is None:
+    return '-'
+  if ms >= 100:
+    return f'{ms:.0f}'
+  if ms >= 10:
+    return f'{ms:.1f}'
+  return f'{ms:.2f}'
+
+
+def log(message: str) -> None:
+  """Progress to stderr, so that stdout holds only the results table."""
+  print(message, file=sys.stderr, flush=True)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path`, creating parent directories."""
+  ensure_parent(path)
+  with open(path, 'w') as f:
+    f.write(text)
 
 
 def format_bytes(n: float | None) -> str:

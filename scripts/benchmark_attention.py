@@ -71,7 +71,6 @@ import dataclasses
 import gc
 import inspect
 import math
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -359,7 +358,7 @@ def execute(
       warmup=plan.warmup,
       repeats=plan.repeats,
     )
-    _log(
+    bench.log(
       f'matmul peak: {peak["gflops_per_s"]:.1f} GFLOP/s '
       f'({peak["size"]}^3, {peak["dtype"]})'
     )
@@ -373,7 +372,7 @@ def execute(
   for i, (name, causal, length) in enumerate(configs):
     record = benchmark_config(plan, name, causal, length, info, peak)
     records.append(record)
-    _log(f'[{i + 1}/{len(configs)}] {_summary(record)}')
+    bench.log(f'[{i + 1}/{len(configs)}] {_summary(record)}')
     if on_record is not None:
       on_record(records)
   return records
@@ -658,8 +657,8 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
     ('variant', 'variant', str),
     ('causal', 'causal', lambda c: 'yes' if c else 'no'),
     ('length', 'L', str),
-    ('fwd_ms', 'fwd ms', _fmt_ms),
-    ('fwd_bwd_ms', 'fwd+bwd ms', _fmt_ms),
+    ('fwd_ms', 'fwd ms', bench.format_ms),
+    ('fwd_bwd_ms', 'fwd+bwd ms', bench.format_ms),
     ('fwd_peak_bytes', 'fwd peak', bench.format_bytes),
     ('peak_bytes', 'fwd+bwd peak', bench.format_bytes),
     ('compile_s', 'compile s', lambda s: '-' if s is None else f'{s:.2f}'),
@@ -740,9 +739,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   table = markdown(records)
   print(table)
   if args.markdown:
-    bench.ensure_parent(args.markdown)
-    with open(args.markdown, 'w') as f:
-      f.write(table)
+    bench.write_text(args.markdown, table)
   return records
 
 
@@ -838,7 +835,7 @@ def _summary(record: dict[str, Any]) -> str:
   parts = [f'{record["variant"]} {causal} L={record["length"]}']
   for mode in MODES:
     if record[f'{mode}_ms'] is not None:
-      parts.append(f'{mode} {_fmt_ms(record[f"{mode}_ms"])} ms')
+      parts.append(f'{mode} {bench.format_ms(record[f"{mode}_ms"])} ms')
   if record['peak_bytes'] is not None:
     parts.append(f'peak {bench.format_bytes(record["peak_bytes"])}')
   parts.append(record['status'])
@@ -847,26 +844,12 @@ def _summary(record: dict[str, Any]) -> str:
   return ', '.join(parts)
 
 
-def _fmt_ms(ms: float | None) -> str:
-  if ms is None:
-    return '-'
-  if ms >= 100:
-    return f'{ms:.0f}'
-  if ms >= 10:
-    return f'{ms:.1f}'
-  return f'{ms:.2f}'
-
-
 def _fmt_rate(rate: float | None) -> str:
   return '-' if rate is None else f'{rate:.1f}'
 
 
 def _fmt_fraction(fraction: float | None) -> str:
   return '-' if fraction is None else f'{100 * fraction:.0f}%'
-
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

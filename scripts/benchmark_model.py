@@ -70,7 +70,6 @@ import argparse
 import dataclasses
 import gc
 import math
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -396,7 +395,7 @@ def execute(
         if stop is None and record['status'] in ('skipped', 'oom'):
           stop = f'a shorter length ({length}) did not fit'
         records.append(record)
-        _log(f'[{len(records)}/{total}] {_summary(record)}')
+        bench.log(f'[{len(records)}/{total}] {_summary(record)}')
         if on_record is not None:
           on_record(records)
   return records
@@ -486,9 +485,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   table = markdown(records)
   print(table)
   if args.markdown:
-    bench.ensure_parent(args.markdown)
-    with open(args.markdown, 'w') as f:
-      f.write(table)
+    bench.write_text(args.markdown, table)
   return records
 
 
@@ -497,7 +494,7 @@ def _cell(record: dict[str, Any] | None) -> str:
     return ''
   if record['status'] == 'ok':
     return (
-      f'{_fmt_ms(record["fwd_bwd_ms"])} / '
+      f'{bench.format_ms(record["fwd_bwd_ms"])} / '
       f'{bench.format_bytes(record["peak_bytes"])}'
     )
   return record['status']
@@ -548,27 +545,13 @@ def _positive_int(value, flag: str) -> int:
 def _summary(record: dict[str, Any]) -> str:
   parts = [f'{record["setting"]} {record["variant"]} L={record["length"]}']
   if record['fwd_bwd_ms'] is not None:
-    parts.append(f'fwd+bwd {_fmt_ms(record["fwd_bwd_ms"])} ms')
+    parts.append(f'fwd+bwd {bench.format_ms(record["fwd_bwd_ms"])} ms')
   if record['peak_bytes'] is not None:
     parts.append(f'peak {bench.format_bytes(record["peak_bytes"])}')
   parts.append(record['status'])
   if record['reason']:
     parts.append(record['reason'])
   return ', '.join(parts)
-
-
-def _fmt_ms(ms: float | None) -> str:
-  if ms is None:
-    return '-'
-  if ms >= 100:
-    return f'{ms:.0f}'
-  if ms >= 10:
-    return f'{ms:.1f}'
-  return f'{ms:.2f}'
-
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':
