@@ -262,6 +262,26 @@ def write_text(path: str, text: str) -> None:
     f.write(text)
 
 
+def report(
+  records: Sequence[dict[str, Any]],
+  table: str,
+  *,
+  png_path: str | None,
+  markdown_path: str | None,
+  plot: Callable[[Sequence[dict[str, Any]], str], None],
+) -> None:
+  """A benchmark script's outputs besides its JSON: plot and table.
+
+  The table is printed and, with `markdown_path`, written there; with
+  `png_path`, `plot(records, png_path)` draws the figure.
+  """
+  if png_path:
+    plot(records, png_path)
+  print(table)
+  if markdown_path:
+    write_text(markdown_path, table)
+
+
 def format_bytes(n: float | None) -> str:
   """Human-readable bytes (binary units); '-' for None."""
   if n is None:

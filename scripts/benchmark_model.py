@@ -480,12 +480,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.error(str(e))  # Exits with status 2 and the usage line.
   save = (lambda rs: bench.write_json(args.json, rs)) if args.json else None
   records = execute(plan, on_record=save)
-  if args.png:
-    plot(records, args.png)
-  table = markdown(records)
-  print(table)
-  if args.markdown:
-    bench.write_text(args.markdown, table)
+  bench.report(
+    records,
+    markdown(records),
+    png_path=args.png,
+    markdown_path=args.markdown,
+    plot=plot,
+  )
   return records
 
 

@@ -71,6 +71,33 @@ def largest_intermediate(fn, *args):
   return max(shapes(jaxpr), key=lambda shape: int(np.prod(shape)))
 
 
+def largest_gradient_intermediate(attn, length):
+  """Largest value shape in the q, k, v gradient of `attn` at `length`."""
+  x = jnp.ones((1, length, 1, D))
+  mask = jnp.ones((1, length), bool)
+  return largest_intermediate(
+    jax.grad(lambda q, k, v: attn(q, k, v, mask=mask).sum(), (0, 1, 2)),
+    x,
+    x,
+    x,
+  )
+
+
+def assert_exactly_causal(attn, i):
+  """Output i has zero gradient from, and ignores changes to, positions > i."""
+  q, k, v = inputs()
+  grads = jax.grad(
+    lambda q, k, v: attn(q, k, v)[:, i].sum(), argnums=(0, 1, 2)
+  )(q, k, v)
+  for grad in grads:
+    np.testing.assert_array_equal(np.asarray(grad[:, i + 1 :]), 0.0)
+  future = (jnp.arange(L) > i)[None, :, None, None]
+  changed = [jnp.where(future, 7.0 * x[::-1], x) for x in (q, k, v)]
+  out = np.asarray(attn(q, k, v))
+  out_changed = np.asarray(attn(*changed))
+  np.testing.assert_array_equal(out_changed[:, : i + 1], out[:, : i + 1])
+
+
 @pytest.mark.parametrize('causal', [True, False])
 @pytest.mark.parametrize('window', [1, 4, 5, 40])
 @pytest.mark.parametrize('pattern', ['block', 'sliding'])
@@ -122,19 +149,7 @@ def test_query_without_visible_keys_outputs_zeros(pattern):
 
 @pytest.mark.parametrize('pattern', ['block', 'sliding'])
 def test_exactly_causal(pattern):
-  attn = create(True, pattern=pattern, window=5)
-  q, k, v = inputs()
-  i = 12
-  grads = jax.grad(
-    lambda q, k, v: attn(q, k, v)[:, i].sum(), argnums=(0, 1, 2)
-  )(q, k, v)
-  for grad in grads:
-    np.testing.assert_array_equal(np.asarray(grad[:, i + 1 :]), 0.0)
-  future = (jnp.arange(L) > i)[None, :, None, None]
-  changed = [jnp.where(future, 7.0 * x[::-1], x) for x in (q, k, v)]
-  out = np.asarray(attn(q, k, v))
-  out_changed = np.asarray(attn(*changed))
-  np.testing.assert_array_equal(out_changed[:, : i + 1], out[:, : i + 1])
+  assert_exactly_causal(create(True, pattern=pattern, window=5), 12)
 
 
 @pytest.mark.parametrize('causal', [True, False])
@@ -142,14 +157,7 @@ def test_exactly_causal(pattern):
 def test_no_length_squared_intermediate(pattern, causal):
   length = 1024
   attn = create(causal, pattern=pattern, window=32)
-  x = jnp.ones((1, length, 1, D))
-  mask = jnp.ones((1, length), bool)
-  shape = largest_intermediate(
-    jax.grad(lambda q, k, v: attn(q, k, v, mask=mask).sum(), (0, 1, 2)),
-    x,
-    x,
-    x,
-  )
+  shape = largest_gradient_intermediate(attn, length)
   # Dense attention would hold [1, 1, L, L] scores (L * L entries).
   assert np.prod(shape) <= length * 3 * 32, shape
 
