@@ -1,7 +1,8 @@
 """Shared parts of the downloaded Long Range Arena tasks (IMDb, AAN, CIFAR-10).
 
 * `open_split`: a prepared TFDS split as a `tfds.data_source` (array_record,
-  read without TensorFlow), with a clear error when it is not prepared.
+  read without TensorFlow), with a clear error when it is not prepared and
+  a warning when it is a stand-in written by `lra_standins`.
 * `Examples`: a random-access, picklable view of chosen records of such a
   source, each mapped to an example only when it is read (grain workers
   receive the source, not the data).
@@ -10,6 +11,9 @@
   `ByteTextEncoder` does.
 """
 
+import json
+import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +22,8 @@ import tensorflow_datasets as tfds
 
 # Byte tokens: 256 byte values shifted by one, plus padding id 0.
 BYTE_VOCAB_SIZE = 257
+# How the description of a stand-in dataset (lra_standins) begins.
+STANDIN_MARK = 'STAND-IN'
 
 
 def byte_tokens(text: str | bytes | np.ndarray, limit: int) -> np.ndarray:
@@ -51,7 +57,7 @@ def open_split(
     FileNotFoundError: the dataset is not prepared in `data_dir`.
   """
   try:
-    return tfds.data_source(
+    source = tfds.data_source(
       tfds_name,
       split=split,
       data_dir=data_dir or None,
@@ -68,6 +74,27 @@ def open_split(
       '--file_format=array_record --data_dir=...` (needs TensorFlow and '
       'network access; see docs/data.md) or set data.tfds_download=True.'
     ) from e
+  _warn_if_standin(source, tfds_name)
+  return source
+
+
+def _warn_if_standin(source, tfds_name: str) -> None:
+  """Warns when the prepared files are a stand-in, not the real dataset."""
+  # The source's DatasetInfo describes the registered (real) builder; the
+  # files' own dataset_info.json says what was written.
+  path = os.path.join(str(source.dataset_info.data_dir), 'dataset_info.json')
+  try:
+    with open(path) as f:
+      description = json.load(f).get('description', '')
+  except (OSError, ValueError):
+    return
+  if description.startswith(STANDIN_MARK):
+    logging.warning(
+      '%s in %s is a stand-in, not the real dataset: %s',
+      tfds_name,
+      os.path.dirname(path),
+      description,
+    )
 
 
 class Examples:
