@@ -49,6 +49,7 @@ sys.path.insert(0, REPO)  # However this script is started.
 
 from performer import attention  # noqa: E402
 from performer import benchmark as bench  # noqa: E402
+from performer.data import lra_standins  # noqa: E402
 
 # Task -> (config file, extra config argument).
 TASKS = {
@@ -101,6 +102,7 @@ PUBLISHED_NAMES = {
   'favor': 'Performer',
 }
 RESULTS_FILE = 'results.json'  # Written by performer.train.
+CONFIG_FILE = 'config.json'  # Written by performer.train.
 ERROR_FILE = 'compare_error.json'
 LOG_FILE = 'compare.log'
 CSV_FIELDS = (
@@ -115,6 +117,7 @@ CSV_FIELDS = (
   'steps_per_sec',
   'peak_memory_bytes',
   'wall_time_sec',
+  'standin_data',
 )
 
 
@@ -330,6 +333,7 @@ def _record(run: Run, results_path: str, error_path: str) -> dict[str, Any]:
       results = json.load(f)
     record.update(
       status='ok',
+      standin_data=_read_standin(run.workdir),
       test_accuracy=results.get('test/accuracy'),
       validation_accuracy=results.get('validation/accuracy'),
       steps_per_sec=results.get('train/steps_per_sec'),
@@ -344,6 +348,16 @@ def _record(run: Run, results_path: str, error_path: str) -> dict[str, Any]:
   else:
     record.update(status='missing', error='no results.json (not run yet)')
   return record
+
+
+def _read_standin(workdir: str) -> bool:
+  """Whether the run in `workdir` read stand-in data (lra_standins)."""
+  try:
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+      data_config = json.load(f)['data']
+  except (OSError, ValueError, KeyError):
+    return False
+  return lra_standins.is_standin(data_config)
 
 
 _ERROR_RE = re.compile(r'^\s*([\w.]*(Error|Exception|Exit)\b.*)$')
@@ -401,6 +415,7 @@ def summarize(
           'steps_per_sec': _mean(r.get('steps_per_sec') for r in ok),
           'peak_memory_bytes': _mean(r.get('peak_memory_bytes') for r in ok),
           'wall_time_sec': _mean(r.get('wall_time_sec') for r in ok),
+          'standin_data': any(r.get('standin_data') for r in ok),
           'errors': sorted(
             {r['error'] for r in mine if r['status'] == 'failed'}
           ),
@@ -439,7 +454,7 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
       acc += f' ± {std:.2f}'
     steps = row['steps_per_sec']
     lines.append(
-      f'| {row["task"]} | {row["attention"]} | {row["n"]} | {acc} | '
+      f'| {_task_text(row)} | {row["attention"]} | {row["n"]} | {acc} | '
       f'{_published_text(row)} | {"-" if steps is None else f"{steps:.2f}"} '
       f'| {bench.format_bytes(row["peak_memory_bytes"])} | '
       f'{row["failed"] or ""} | {row["missing"] or ""} |'
@@ -449,8 +464,15 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
     f'over n seeds{" (lite configs)" if lite else ""}; LRA Table 1: '
     'Transformer = softmax, Performer = favor, Local Att. = local, Sparse '
     'Trans. = sparse (FAIL: chance on Path-X). Steps/s and peak memory: '
-    'means over the seeds.\n\n'
+    'means over the seeds.'
   )
+  if any(row['standin_data'] for row in rows):
+    caption += (
+      ' (stand-in): the runs read stand-in data (performer/data/'
+      "lra_standins.py), not the task's dataset; LRA's number is not "
+      'comparable there.'
+    )
+  caption += '\n\n'
   errors = [
     f'- {row["task"]}/{row["attention"]}: {error}'
     for row in rows
@@ -458,6 +480,10 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
   ]
   tail = '\nFailed runs:\n' + '\n'.join(errors) + '\n' if errors else ''
   return caption + '\n'.join(lines) + '\n' + tail
+
+
+def _task_text(row: dict[str, Any]) -> str:
+  return f'{row["task"]} (stand-in)' if row['standin_data'] else row['task']
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
@@ -516,7 +542,9 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
         label=None if marked else 'LRA Table 1',
       )
       marked = True
-  ax.set_xticks(range(len(tasks)), tasks)
+  standin = {r['task'] for r in rows if r['standin_data']}
+  labels = [f'{t}\n(stand-in)' if t in standin else t for t in tasks]
+  ax.set_xticks(range(len(tasks)), labels)
   ax.set_ylabel('test accuracy (%)')
   ax.set_ylim(0, 100)
   ax.grid(axis='y', alpha=0.3)

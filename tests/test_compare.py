@@ -13,6 +13,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from performer.data import lra_standins
+
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'compare.py'
 _spec = importlib.util.spec_from_file_location('compare', _SCRIPT)
 script = importlib.util.module_from_spec(_spec)
@@ -231,3 +233,40 @@ def test_root_that_is_a_file_fails(tmp_path, capsys):
   with pytest.raises(SystemExit):
     script.main([f'--root={root}', f'--out={tmp_path}/o', '--collect_only'])
   assert f'--root={root} is a file' in capsys.readouterr().err
+
+
+def test_runs_on_standin_data_are_marked(tmp_path):
+  root, out = tmp_path / 'runs', tmp_path / 'out'
+  standin, real = tmp_path / 'standin_aan', tmp_path / 'real_aan'
+  lra_standins.write_aan(str(standin))
+  real.mkdir()  # The release's files would be here; no mark file.
+  for seed in (0, 1):
+    _write_results(root, 'retrieval', 'softmax', seed, 0.6)
+    config = {'data': {'name': 'aan', 'path': str(standin)}}
+    workdir = root / 'retrieval' / 'softmax' / f'seed{seed}'
+    (workdir / 'config.json').write_text(json.dumps(config))
+  for seed in (0, 1):
+    _write_results(root, 'retrieval', 'favor', seed, 0.6)
+    config = {'data': {'name': 'aan', 'path': str(real)}}
+    workdir = root / 'retrieval' / 'favor' / f'seed{seed}'
+    (workdir / 'config.json').write_text(json.dumps(config))
+
+  records = script.main(
+    _argv(root, out, '--collect_only', tasks='retrieval', seeds='0,1')
+  )
+
+  marks = {(r['attention'], r['seed']): r['standin_data'] for r in records}
+  assert marks == {
+    ('softmax', 0): True,
+    ('softmax', 1): True,
+    ('favor', 0): False,
+    ('favor', 1): False,
+  }
+  with open(out / 'results.csv') as f:
+    rows = {r['attention']: r for r in csv.DictReader(f)}
+  assert rows['softmax']['standin_data'] == 'True'
+  assert rows['favor']['standin_data'] == 'False'
+  table = (out / 'results.md').read_text()
+  assert '| retrieval (stand-in) | softmax |' in table
+  assert '| retrieval | favor |' in table
+  assert 'not comparable' in table

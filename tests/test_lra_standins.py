@@ -153,3 +153,8 @@ def test_tfds_standins_read_by_the_loaders(tmp_path, caplog):
   np.testing.assert_array_equal(
     source[0]['inputs'], cifar10.grayscale(reference).reshape(-1)
   )
+  for name in ('imdb', 'cifar10'):
+    assert lra_standins.is_standin({'name': name, 'data_dir': str(tmp_path)})
+    empty = {'name': name, 'data_dir': str(tmp_path / 'elsewhere')}
+    assert not lra_standins.is_standin(empty)
+  assert not lra_standins.is_standin({'name': 'listops'})

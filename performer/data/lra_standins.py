@@ -27,18 +27,23 @@ Everything is a function of the seed `DATA_SEED`.
 
 These are NOT the LRA datasets: numbers measured on them are not
 comparable with LRA's. Each TFDS stand-in's description starts with
-STANDIN_MARK, and `tfds_source.open_split` warns when it reads one.
+STANDIN_MARK, and `tfds_source.open_split` warns when it reads one; the
+Retrieval stand-in's directory holds AAN_MARK_FILE. `is_standin` tells
+from a run's data config whether it read a stand-in (scripts/compare.py
+marks such rows).
 """
 
 import os
 import pathlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
-from performer.data import aan, shakespeare, tfds_source
+from performer.data import aan, cifar10, imdb, shakespeare, tfds_source
 
 STANDIN_MARK = tfds_source.STANDIN_MARK
 DATA_SEED = 0
@@ -70,6 +75,8 @@ FONTS = tuple(
   + [f'STIXGeneral{s}.ttf' for s in ('', 'Bol', 'Italic', 'BolIta')]
   + [f'{name}.ttf' for name in ('cmr10', 'cmb10', 'cmss10', 'cmti10', 'cmtt10')]
 )
+# Written beside the Retrieval stand-in's TSV files.
+AAN_MARK_FILE = 'STANDIN.txt'
 IMAGE_SIZE = 32
 IMAGE_COUNTS = {'train': 10_000, 'test': 2000}
 MIN_GRAY_CONTRAST = 60
@@ -177,13 +184,31 @@ def write_aan(directory: str, seed: int = DATA_SEED) -> dict[str, int]:
         f.write('\t'.join(str(x) for x in row) + '\n')
     os.replace(path + '.tmp', path)
     counts[split] = len(rows)
-  with open(os.path.join(directory, 'README.txt'), 'w') as f:
+  with open(os.path.join(directory, AAN_MARK_FILE), 'w') as f:
     f.write(
       f'{STANDIN_MARK}: not the AAN pairs of the LRA release. Pairs of '
       'Shakespeare passages, label 1 = same play; made by '
       'performer.data.lra_standins.write_aan.\n'
     )
   return counts
+
+
+def is_standin(data_config: Mapping[str, Any]) -> bool:
+  """Whether a run's `config.data` reads a stand-in written here.
+
+  Args:
+    data_config: the data section of a run's config (as in its
+      config.json): reads `name`, `data_dir` and `path`.
+  """
+  name = data_config.get('name')
+  if name == 'aan':
+    path = data_config.get('path') or ''
+    return bool(path) and os.path.exists(os.path.join(path, AAN_MARK_FILE))
+  tfds_name = {'imdb': imdb.TFDS_NAME, 'cifar10': cifar10.TFDS_NAME}.get(name)
+  if tfds_name is None:
+    return False
+  data_dir = data_config.get('data_dir') or ''
+  return tfds_source.standin_description(tfds_name, data_dir) is not None
 
 
 def _fonts_dir() -> pathlib.Path:

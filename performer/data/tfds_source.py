@@ -11,6 +11,7 @@
   `ByteTextEncoder` does.
 """
 
+import glob
 import json
 import logging
 import os
@@ -82,19 +83,37 @@ def _warn_if_standin(source, tfds_name: str) -> None:
   """Warns when the prepared files are a stand-in, not the real dataset."""
   # The source's DatasetInfo describes the registered (real) builder; the
   # files' own dataset_info.json says what was written.
-  path = os.path.join(str(source.dataset_info.data_dir), 'dataset_info.json')
-  try:
-    with open(path) as f:
-      description = json.load(f).get('description', '')
-  except (OSError, ValueError):
-    return
+  version_dir = str(source.dataset_info.data_dir)
+  description = _written_description(version_dir)
   if description.startswith(STANDIN_MARK):
     logging.warning(
       '%s in %s is a stand-in, not the real dataset: %s',
       tfds_name,
-      os.path.dirname(path),
+      version_dir,
       description,
     )
+
+
+def standin_description(tfds_name: str, data_dir: str = '') -> str | None:
+  """The description of a stand-in of `tfds_name` prepared in `data_dir`.
+
+  Returns None when no prepared version there is a stand-in.
+  """
+  root = data_dir or tfds.core.constants.get_default_data_dir()
+  pattern = os.path.join(root, *tfds_name.split('/'), '*')
+  for version_dir in sorted(glob.glob(pattern)):
+    description = _written_description(version_dir)
+    if description.startswith(STANDIN_MARK):
+      return description
+  return None
+
+
+def _written_description(version_dir: str) -> str:
+  try:
+    with open(os.path.join(version_dir, 'dataset_info.json')) as f:
+      return json.load(f).get('description', '')
+  except (OSError, ValueError):
+    return ''
 
 
 class Examples:
