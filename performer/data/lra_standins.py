@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from PIL import Image, ImageDraw, ImageFont
 
 from performer.data import aan, cifar10, imdb, shakespeare, tfds_source
@@ -287,38 +286,32 @@ def _standin_builder(tfds_name: str, split_generators):
   the examples differ.
   """
   real = tfds.builder(tfds_name, data_dir='/nonexistent')
-  name, _, config = tfds_name.partition('/')
-  with tfds.core.registered.skip_registration():
+  dataset_name, _, config = tfds_name.partition('/')
 
-    class StandIn(tfds.core.GeneratorBasedBuilder):
-      VERSION = real.version
-      BUILDER_CONFIGS = (
-        [tfds.core.BuilderConfig(name=config, version=real.version)]
-        if config
-        else []
+  # Not registered: the real builder keeps the name for reading.
+  class StandIn(tfds_source.LocalBuilder, skip_registration=True):
+    name = dataset_name
+    VERSION = real.version
+    BUILDER_CONFIGS = (
+      [tfds.core.BuilderConfig(name=config, version=real.version)]
+      if config
+      else []
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+      return tfds.core.DatasetInfo(
+        builder=self,
+        description=f'{STANDIN_MARK} for {tfds_name}: see {__name__}.',
+        features=real.info.features,
       )
 
-      # As in shakespeare.py: TFDS 4.9.10 needs the file named directly.
-      @tfds.core.utils.classproperty
-      @classmethod
-      def code_path(cls) -> epath.Path:
-        return epath.Path(__file__)
+    def _split_generators(self, dl_manager):
+      del dl_manager  # Nothing to download.
+      return split_generators()
 
-      def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-          builder=self,
-          description=f'{STANDIN_MARK} for {tfds_name}: see {__name__}.',
-          features=real.info.features,
-        )
+    def _generate_examples(self, examples):
+      yield from examples
 
-      def _split_generators(self, dl_manager):
-        del dl_manager  # Nothing to download.
-        return split_generators()
-
-      def _generate_examples(self, examples):
-        yield from examples
-
-    StandIn.name = name
   return StandIn
 
 

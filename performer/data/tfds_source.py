@@ -6,12 +6,15 @@
 * `Examples`: a random-access, picklable view of chosen records of such a
   source, each mapped to an example only when it is read (grain workers
   receive the source, not the data).
+* `LocalBuilder`: the base of this package's TFDS builders (data made or
+  found on this machine).
 * `byte_tokens`: the byte encoding of the text tasks (token = byte + 1, so
   0 stays the padding id; vocabulary 257), as the LRA code's
   `ByteTextEncoder` does.
 """
 
 import glob
+import inspect
 import json
 import logging
 import os
@@ -20,11 +23,24 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 # Byte tokens: 256 byte values shifted by one, plus padding id 0.
 BYTE_VOCAB_SIZE = 257
 # How the description of a stand-in dataset (lra_standins) begins.
 STANDIN_MARK = 'STAND-IN'
+
+
+class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A TFDS builder of data that is on this machine (nothing to download)."""
+
+  # TFDS 4.9.10 finds a builder's source file through `importlib_resources`,
+  # a backport it declares only for Python < 3.9 (tensorflow/datasets#11212);
+  # naming the file directly avoids the missing import.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(inspect.getfile(cls))
 
 
 def byte_tokens(text: str | bytes | np.ndarray, limit: int) -> np.ndarray:
