@@ -3,7 +3,8 @@ r"""Long Range Arena Image: CIFAR-10 as 1024-pixel grayscale sequences.
 Each 32x32 image becomes a sequence of 1024 grayscale intensities (one
 token per pixel, no 2-D structure given to the model); 10 classes. The
 TFDS `cifar10` train split is cut 90% / 10% into train / validation; needs
-the dataset prepared in data.data_dir.
+the dataset prepared in data.data_dir (without a download,
+scripts/make_lra_standins.py writes a stand-in).
 
 Full settings (the public LRA code): batch 256, 35,000 steps (200 epochs of
 45,000 images), Adam 5e-4 with one epoch (175 steps) of warmup and a cosine

@@ -3,7 +3,8 @@ r"""Long Range Arena Retrieval: ACL Anthology citation links, 2 classes.
 Pairs of papers as bytes, 4000 per document; the label says whether one
 cites the other. Two-tower: both documents go through one shared encoder,
 pooled and compared by an MLP (model.head='dual_encoder'). Reads the TSV
-files of the LRA release from data.path (performer.data.aan lists them).
+files of the LRA release from data.path (performer.data.aan lists them;
+without a download, scripts/make_lra_standins.py writes a stand-in).
 
 Full settings (the public LRA code): batch 32, 5,000 steps, LRA's rsqrt
 schedule with base 0.05 and 8,000 warmup steps (so the run ends still in

@@ -50,9 +50,16 @@ def test_text_labels_genres_and_held_out_plays(plays):
       genre = plays[holders[0]][0]
       assert row['label'] == int(genre == 'comedies')
       assert genre in ('comedies', 'tragedies', 'roman')
-      in_test = holders[0] in lra_standins.TEXT_TEST_PLAYS
-      assert in_test == (split == 'test'), (split, holders)
-  assert len(examples['train']) > 1000 and len(examples['test']) > 300
+      held_out = (
+        'test'
+        if holders[0] in lra_standins.TEXT_TEST_PLAYS
+        else 'validation'
+        if holders[0] in lra_standins.TEXT_VALIDATION_PLAYS
+        else 'train'
+      )
+      assert held_out == split, (split, holders)
+  assert len(examples['train']) == 9 * len(examples['validation'])
+  assert len(examples['validation']) > 100 and len(examples['test']) > 300
   assert lra_standins.text_examples() == examples  # deterministic
 
 
@@ -122,17 +129,15 @@ def test_tfds_standins_read_by_the_loaders(tmp_path, caplog):
   assert 'imdb_reviews/plain_text' in caplog.text and 'stand-in' in caplog.text
   assert 'cifar10' in caplog.text
 
+  # The IMDb loader's own split rule gives the stand-in's three splits,
+  # example for example, in the written order.
   written = lra_standins.text_examples()
-  assert len(text['train']) + len(text['validation']) == len(written['train'])
-  assert len(text['test']) == len(written['test'])
-  # TFDS shuffles the records; match each read example to a written one.
-  references = {
-    tuple(np.frombuffer(r['text'].encode()[:SEQ_LEN], np.uint8) + 1): r['label']
-    for r in written['test']
-  }
-  for i in range(0, len(text['test']), 37):
-    example = text['test'][i]
-    assert references[tuple(example['inputs'])] == example['targets']
+  for split, rows in written.items():
+    assert len(text[split]) == len(rows)
+    for i in range(0, len(rows), 7):
+      reference = np.frombuffer(rows[i]['text'].encode()[:SEQ_LEN], np.uint8)
+      np.testing.assert_array_equal(text[split][i]['inputs'], reference + 1)
+      assert text[split][i]['targets'] == rows[i]['label']
 
   assert len(images['train']) + len(images['validation']) == counts['train']
   assert len(images['test']) == counts['test']

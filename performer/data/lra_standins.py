@@ -47,7 +47,8 @@ from performer.data import aan, cifar10, imdb, shakespeare, tfds_source
 STANDIN_MARK = tfds_source.STANDIN_MARK
 DATA_SEED = 0
 PASSAGE_BYTES = 1000
-# Text: genres of each label; the test plays (two of each label) are held out.
+# Text: genres of each label; held-out plays (of each label: two for the
+# test, one for validation).
 COMEDIES = ('comedies',)
 TRAGEDIES = ('tragedies', 'roman')
 TEXT_TEST_PLAYS = (
@@ -56,6 +57,7 @@ TEXT_TEST_PLAYS = (
   'macbeth',
   'othello',
 )
+TEXT_VALIDATION_PLAYS = ('much-ado-about-nothing', 'julius-caesar')
 # Retrieval: held-out plays of each split (the rest train).
 PAIR_VALIDATION_PLAYS = (
   'julius-caesar',
@@ -108,28 +110,55 @@ def _play_passages() -> dict[str, tuple[str, list[str]]]:
 
 
 def text_examples(seed: int = DATA_SEED) -> dict[str, list[dict]]:
-  """Returns the Text stand-in's 'train' and 'test' examples, balanced.
+  """Returns the Text stand-in's train, validation and test examples.
 
-  Each example is {'text': passage, 'label': 1 comedy | 0 tragedy}; a split
-  keeps as many passages of its larger class as its smaller class has,
-  chosen at random (in play order).
+  Each example is {'text': passage, 'label': 1 comedy | 0 tragedy}. Every
+  split is balanced (each class keeps a random subset of its passages) and
+  in a random order; train keeps exactly 9 times as many passages as
+  validation, so that `imdb_train_order` can lay them out for the IMDb
+  loader's every-10th-example validation cut.
   """
   rng = np.random.default_rng(seed)
-  by_split = {'train': ([], []), 'test': ([], [])}
+  by_split = {s: ([], []) for s in ('train', 'validation', 'test')}
   for play, (genre, texts) in _play_passages().items():
     if genre not in COMEDIES + TRAGEDIES:
       continue
-    split = 'test' if play in TEXT_TEST_PLAYS else 'train'
+    split = (
+      'test'
+      if play in TEXT_TEST_PLAYS
+      else 'validation'
+      if play in TEXT_VALIDATION_PLAYS
+      else 'train'
+    )
     by_split[split][int(genre in COMEDIES)].extend(texts)
+  per_class = {s: min(len(c) for c in by_split[s]) for s in by_split}
+  per_class['validation'] = min(
+    per_class['validation'], per_class['train'] // 9
+  )
+  per_class['train'] = 9 * per_class['validation']
   examples = {}
   for split, classes in by_split.items():
-    n = min(len(c) for c in classes)
     kept = []
     for label, texts in enumerate(classes):
-      chosen = np.sort(rng.choice(len(texts), n, replace=False))
+      chosen = np.sort(rng.choice(len(texts), per_class[split], replace=False))
       kept.extend({'text': texts[i], 'label': label} for i in chosen)
-    examples[split] = kept
+    examples[split] = [kept[i] for i in rng.permutation(len(kept))]
   return examples
+
+
+def imdb_train_order(examples: dict[str, list[dict]]) -> list[dict]:
+  """The TFDS train split that the IMDb loader cuts into our train and
+  validation: validation passages at indices 0, 10, 20, ... (the loader's
+  validation rule, `imdb.split_indices`), train passages elsewhere.
+  """
+  validation, train = examples['validation'], examples['train']
+  if len(train) != 9 * len(validation):
+    raise ValueError('train must hold 9 times as many examples as validation')
+  rows = []
+  for i, example in enumerate(validation):
+    rows.append(example)
+    rows.extend(train[9 * i : 9 * (i + 1)])
+  return rows
 
 
 def pair_examples(seed: int = DATA_SEED) -> dict[str, list[tuple]]:
@@ -303,6 +332,8 @@ def _standin_builder(tfds_name: str, split_generators):
         builder=self,
         description=f'{STANDIN_MARK} for {tfds_name}: see {__name__}.',
         features=real.info.features,
+        # Keep the written order (imdb_train_order depends on it).
+        disable_shuffling=True,
       )
 
     def _split_generators(self, dl_manager):
@@ -333,11 +364,11 @@ def write_tfds(
   """
 
   def text_splits():
+    examples = text_examples(seed)
+    splits = {'train': imdb_train_order(examples), 'test': examples['test']}
     return {
-      split: (
-        (f'{split}_{i:05d}', example) for i, example in enumerate(examples)
-      )
-      for split, examples in text_examples(seed).items()
+      split: ((f'{split}_{i:05d}', row) for i, row in enumerate(rows))
+      for split, rows in splits.items()
     }
 
   def image_splits():
