@@ -163,3 +163,17 @@ def test_tfds_standins_read_by_the_loaders(tmp_path, caplog):
     empty = {'name': name, 'data_dir': str(tmp_path / 'elsewhere')}
     assert not lra_standins.is_standin(empty)
   assert not lra_standins.is_standin({'name': 'listops'})
+
+
+def test_a_real_dataset_is_never_overwritten(tmp_path):
+  # A prepared dataset that is not a stand-in: a dataset_info.json without
+  # the mark where the stand-in would go.
+  version_dir = tmp_path / 'imdb_reviews' / 'plain_text' / '1.0.0'
+  version_dir.mkdir(parents=True)
+  (version_dir / 'dataset_info.json').write_text('{"description": "IMDb"}')
+  with pytest.raises(FileExistsError, match='not a stand-in'):
+    lra_standins.write_tfds(str(tmp_path), image_counts={'train': 1, 'test': 1})
+  assert (version_dir / 'dataset_info.json').read_text() == (
+    '{"description": "IMDb"}'
+  )
+  assert not (tmp_path / 'cifar10').exists()

@@ -381,6 +381,17 @@ def write_tfds(
     ('imdb_reviews/plain_text', text_splits),
     ('cifar10', image_splits),
   ):
+    prepared = tfds_source.prepared_descriptions(tfds_name, data_dir)
+    real = [
+      d for d, text in prepared.items() if not text.startswith(STANDIN_MARK)
+    ]
+    if real:
+      # TFDS would keep it and write nothing: say so rather than pretend.
+      raise FileExistsError(
+        f'{real[0]} holds a prepared {tfds_name} that is not a stand-in '
+        '(the real dataset?); it is left as it is. Write the stand-ins to a '
+        'directory of their own.'
+      )
     name, _, config = tfds_name.partition('/')
     builder = _standin_builder(tfds_name, splits)(
       data_dir=data_dir, config=config or None, file_format='array_record'

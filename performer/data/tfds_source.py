@@ -115,13 +115,20 @@ def standin_description(tfds_name: str, data_dir: str = '') -> str | None:
 
   Returns None when no prepared version there is a stand-in.
   """
-  root = data_dir or tfds.core.constants.get_default_data_dir()
-  pattern = os.path.join(root, *tfds_name.split('/'), '*')
-  for version_dir in sorted(glob.glob(pattern)):
-    description = _written_description(version_dir)
+  for description in prepared_descriptions(tfds_name, data_dir).values():
     if description.startswith(STANDIN_MARK):
       return description
   return None
+
+
+def prepared_descriptions(tfds_name: str, data_dir: str = '') -> dict:
+  """{version directory: description} of each prepared `tfds_name`."""
+  root = data_dir or tfds.core.constants.get_default_data_dir()
+  pattern = os.path.join(root, *tfds_name.split('/'), '*', 'dataset_info.json')
+  return {
+    os.path.dirname(path): _written_description(os.path.dirname(path))
+    for path in sorted(glob.glob(pattern))
+  }
 
 
 def _written_description(version_dir: str) -> str:
