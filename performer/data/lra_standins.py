@@ -123,13 +123,7 @@ def text_examples(seed: int = DATA_SEED) -> dict[str, list[dict]]:
   for play, (genre, texts) in _play_passages().items():
     if genre not in COMEDIES + TRAGEDIES:
       continue
-    split = (
-      'test'
-      if play in TEXT_TEST_PLAYS
-      else 'validation'
-      if play in TEXT_VALIDATION_PLAYS
-      else 'train'
-    )
+    split = shakespeare.split_of(play, TEXT_VALIDATION_PLAYS, TEXT_TEST_PLAYS)
     by_split[split][int(genre in COMEDIES)].extend(texts)
   per_class = {s: min(len(c) for c in by_split[s]) for s in by_split}
   per_class['validation'] = min(
@@ -171,13 +165,7 @@ def pair_examples(seed: int = DATA_SEED) -> dict[str, list[tuple]]:
   rng = np.random.default_rng(seed)
   split_plays = {'train': [], 'validation': [], 'test': []}
   for play, (_, texts) in _play_passages().items():
-    split = (
-      'validation'
-      if play in PAIR_VALIDATION_PLAYS
-      else 'test'
-      if play in PAIR_TEST_PLAYS
-      else 'train'
-    )
+    split = shakespeare.split_of(play, PAIR_VALIDATION_PLAYS, PAIR_TEST_PLAYS)
     flat = [' '.join(t.split()) for t in texts]
     split_plays[split].append((play, flat))
   pairs = {}

@@ -16,6 +16,7 @@ import fcntl
 import importlib.util
 import os
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -55,11 +56,22 @@ def play_files() -> list[tuple[str, str, pathlib.Path]]:
   return sorted(plays, key=lambda p: p[:2])
 
 
-def split_of(play: str) -> str:
-  """Returns the split ('train', 'validation' or 'test') that holds `play`."""
-  if play in VALIDATION_PLAYS:
+def split_of(
+  play: str,
+  validation_plays: Sequence[str] = VALIDATION_PLAYS,
+  test_plays: Sequence[str] = TEST_PLAYS,
+) -> str:
+  """Returns the split ('train', 'validation' or 'test') that holds `play`.
+
+  Args:
+    play: the play's name.
+    validation_plays: the plays held out for validation (default: the
+      language model's).
+    test_plays: the plays held out for the test.
+  """
+  if play in validation_plays:
     return 'validation'
-  if play in TEST_PLAYS:
+  if play in test_plays:
     return 'test'
   return 'train'
 
