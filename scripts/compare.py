@@ -20,7 +20,10 @@ bars, published numbers as markers).
     --override=retrieval:data.path=/data/lra_release/tsv_data \
     --override=data.data_dir=/data/tfds
 
-A run whose workdir holds results.json is not run again; one that stopped
+A run whose workdir holds results.json is not run again, nor one that an
+earlier results.json of this script given with --previous records as
+finished for the same task, variant, seed and --lite (its workdirs may be
+gone, on another machine, say); one that stopped
 part-way resumes from its checkpoints (the trainer does that); one that
 fails (data not prepared, say) is recorded with its error, written to
 <workdir>/compare_error.json, and the grid goes on. The log of each run is
@@ -118,6 +121,7 @@ CSV_FIELDS = (
   'peak_memory_bytes',
   'wall_time_sec',
   'standin_data',
+  'recorded',
 )
 
 
@@ -142,6 +146,10 @@ class Plan:
   out: str
   lite: bool
   collect_only: bool
+  # (task, attention, seed) -> a finished run's record from --previous.
+  previous: dict[tuple[str, str, int], dict[str, Any]] = dataclasses.field(
+    default_factory=dict
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     '--collect_only',
     action='store_true',
     help='read existing workdirs; run nothing.',
+  )
+  p.add_argument(
+    '--previous',
+    action='append',
+    default=[],
+    metavar='RESULTS_JSON',
+    help='a results.json this script wrote earlier (repeatable): its '
+    'finished runs of the same task, variant, seed and --lite count as '
+    'finished (not rerun, in the table) where the workdir has no results. '
+    'The runs must have used the same overrides: that is not checked.',
   )
   p.add_argument(
     '--override',
@@ -234,7 +252,60 @@ def make_plan(args: argparse.Namespace) -> Plan:
           *(f'--config.{kv}' for t, kv in overrides if t in ('', task)),
         )
         runs.append(Run(task, name, seed, workdir, command))
-  return Plan(tasks, variants, runs, args.out, args.lite, args.collect_only)
+  previous = {}
+  for path in args.previous:
+    previous.update(read_previous(path, args.lite))
+  return Plan(
+    tasks, variants, runs, args.out, args.lite, args.collect_only, previous
+  )
+
+
+def read_previous(path: str, lite: bool) -> dict[tuple, dict[str, Any]]:
+  """The finished runs an earlier results.json of this script records.
+
+  Args:
+    path: the file (`<out>/results.json` of an earlier grid).
+    lite: the --lite of this grid; the file's must be the same.
+
+  Returns:
+    (task, attention, seed) -> the run's record, with `recorded_in` (the
+    first file that recorded it) added.
+
+  Raises:
+    ValueError: the file is missing, is not such a results file, or was
+      written by a grid with the other --lite setting.
+  """
+  flag = f'--previous={path}'
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except OSError as e:
+    raise ValueError(f'{flag}: cannot read it ({e.strerror})') from None
+  except ValueError as e:
+    raise ValueError(f'{flag}: not JSON ({e})') from None
+  if not (
+    isinstance(data, dict)
+    and isinstance(data.get('runs'), list)
+    and isinstance(data.get('lite'), bool)
+  ):
+    raise ValueError(
+      f"{flag}: not a results.json of scripts/compare.py (it needs 'lite' "
+      "and a list 'runs')"
+    )
+  if data['lite'] != lite:
+    raise ValueError(
+      f'{flag} holds runs with lite={data["lite"]}, this grid has '
+      f'lite={lite}; give --lite to both or to neither'
+    )
+  finished = {}
+  for record in data['runs']:
+    if isinstance(record, dict) and record.get('status') == 'ok':
+      key = tuple(record.get(k) for k in ('task', 'attention', 'seed'))
+      finished[key] = {
+        **record,
+        'recorded_in': record.get('recorded_in') or os.path.abspath(path),
+      }
+  return finished
 
 
 def _split(text: str, flag: str) -> list[str]:
@@ -297,6 +368,11 @@ def collect(
     )
     results_path = os.path.join(run.workdir, RESULTS_FILE)
     error_path = os.path.join(run.workdir, ERROR_FILE)
+    recorded = plan.previous.get((run.task, run.attention, run.seed))
+    if recorded and not os.path.exists(results_path):
+      bench.log(f'{name}: ok, recorded in {recorded["recorded_in"]}')
+      records.append(recorded)
+      continue
     if not os.path.exists(results_path) and not plan.collect_only:
       bench.log(f'{name}: running')
       log_path = os.path.join(run.workdir, LOG_FILE)
@@ -416,6 +492,10 @@ def summarize(
           'peak_memory_bytes': _mean(r.get('peak_memory_bytes') for r in ok),
           'wall_time_sec': _mean(r.get('wall_time_sec') for r in ok),
           'standin_data': any(r.get('standin_data') for r in ok),
+          'recorded': sum(bool(r.get('recorded_in')) for r in ok),
+          'recorded_in': sorted(
+            {r['recorded_in'] for r in ok if r.get('recorded_in')}
+          ),
           'errors': sorted(
             {r['error'] for r in mine if r['status'] == 'failed'}
           ),
@@ -472,6 +552,13 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
       "lra_standins.py), not the task's dataset; LRA's number is not "
       'comparable there.'
     )
+  recorded_in = sorted({p for row in rows for p in row['recorded_in']})
+  if recorded_in:
+    caption += (
+      f' {sum(row["recorded"] for row in rows)} of the runs were read from '
+      'earlier results files (--previous), not from workdirs under --root: '
+      f'{", ".join(_short_path(p) for p in recorded_in)}.'
+    )
   caption += '\n\n'
   errors = [
     f'- {row["task"]}/{row["attention"]}: {error}'
@@ -480,6 +567,12 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
   ]
   tail = '\nFailed runs:\n' + '\n'.join(errors) + '\n' if errors else ''
   return caption + '\n'.join(lines) + '\n' + tail
+
+
+def _short_path(path: str) -> str:
+  """`path` relative to the repository when inside it (docs stay portable)."""
+  relative = os.path.relpath(path, REPO)
+  return path if relative.startswith('..') else relative
 
 
 def _task_text(row: dict[str, Any]) -> str:

@@ -270,3 +270,97 @@ def test_runs_on_standin_data_are_marked(tmp_path):
   assert '| retrieval (stand-in) | softmax |' in table
   assert '| retrieval | favor |' in table
   assert 'not comparable' in table
+
+
+def test_previous_results_count_as_finished(tmp_path, monkeypatch):
+  # A first grid finished some runs; its workdirs are then gone.
+  first_root, first_out = tmp_path / 'first', tmp_path / 'first_out'
+  for seed, acc in enumerate([0.31, 0.36]):
+    _write_results(first_root, 'listops', 'softmax', seed, acc)
+  _write_results(first_root, 'listops', 'favor', 0, 0.21)
+  script.main(
+    _argv(first_root, first_out, '--collect_only', tasks='listops', seeds='0,1')
+  )
+  previous = first_out / 'results.json'
+  # The second grid: a new root, one workdir of its own that wins over the
+  # recorded run of the same key.
+  root, out = tmp_path / 'runs', tmp_path / 'out'
+  _write_results(root, 'listops', 'softmax', 1, 0.40)
+  calls = []
+
+  def fake_runner(command, log_path):
+    calls.append(_workdir_of(command).relative_to(root).as_posix())
+    workdir = _workdir_of(command)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'results.json').write_text(json.dumps(_results(0.25, 1)))
+    return 0
+
+  monkeypatch.setattr(script, 'run_command', fake_runner)
+  records = script.main(
+    _argv(root, out, f'--previous={previous}', tasks='listops', seeds='0,1')
+  )
+
+  assert calls == ['listops/favor/seed1']  # The one no one has finished.
+  by_key = {(r['attention'], r['seed']): r for r in records}
+  assert by_key['softmax', 0]['recorded_in'] == str(previous)
+  assert by_key['softmax', 0]['test_accuracy'] == 0.31
+  assert 'recorded_in' not in by_key['softmax', 1]  # Its own workdir.
+  assert by_key['softmax', 1]['test_accuracy'] == 0.40
+  assert by_key['favor', 0]['recorded_in'] == str(previous)
+  summary = {
+    r['attention']: r
+    for r in json.loads((out / 'results.json').read_text())['summary']
+  }
+  assert summary['softmax']['test_accuracy_mean_pct'] == pytest.approx(
+    100 * np.mean([0.31, 0.40]), 1e-12
+  )
+  assert summary['favor']['test_accuracy_mean_pct'] == pytest.approx(
+    100 * np.mean([0.21, 0.25]), 1e-12
+  )
+  assert (summary['softmax']['recorded'], summary['favor']['recorded']) == (
+    1,
+    1,
+  )
+  assert (
+    '2 of the runs were read from earlier results files'
+    in (out / 'results.md').read_text()
+  )
+  # Chained: the new file keeps naming the file that first recorded a run.
+  again = script.main(
+    _argv(
+      tmp_path / 'empty',
+      tmp_path / 'out2',
+      f'--previous={out / "results.json"}',
+      '--collect_only',
+      tasks='listops',
+      seeds='0,1',
+    )
+  )
+  assert [r['status'] for r in again] == ['ok'] * 4
+  assert again[0]['recorded_in'] == str(previous)
+
+
+@pytest.mark.parametrize(
+  'content, words',
+  [
+    (None, ['cannot read it']),
+    ('{', ['not JSON']),
+    ('{"summary": []}', ["'lite'", "'runs'"]),
+    ('{"lite": true, "runs": []}', ['lite=True', 'lite=False']),
+  ],
+)
+def test_bad_previous_fails_before_running(
+  tmp_path, capsys, monkeypatch, content, words
+):
+  monkeypatch.setattr(script, 'run_command', pytest.fail)
+  path = tmp_path / 'old.json'
+  if content is not None:
+    path.write_text(content)
+  with pytest.raises(SystemExit) as info:
+    script.main(_argv(tmp_path / 'runs', tmp_path / 'o', f'--previous={path}'))
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert f'--previous={path}' in err
+  for word in words:
+    assert word in err
+  assert not os.path.exists(tmp_path / 'o')
