@@ -187,6 +187,14 @@ def test_grayscale_matches_tensorflow_on_known_pixels():
   np.testing.assert_array_equal(
     cifar10.grayscale(np.array([pixels], np.uint8)), [want]
   )
+  # The same in a CIFAR-sized image and alone: no value depends on how
+  # many pixels are converted together (a BLAS product did, on this CPU).
+  tiled = np.resize(np.array(pixels, np.uint8), (32, 32, 3))
+  np.testing.assert_array_equal(
+    cifar10.grayscale(tiled), np.resize(np.array(want), (32, 32))
+  )
+  for pixel, value in zip(pixels, want, strict=True):
+    assert cifar10.grayscale(np.array([[pixel]], np.uint8))[0, 0] == value
   grid = np.stack(np.meshgrid(*[np.arange(0, 256, 15)] * 3), -1)
   grid = grid.reshape(1, -1, 3).astype(np.uint8)
   want, near = _reference_gray(grid)

@@ -43,10 +43,17 @@ def grayscale(image_HWC: np.ndarray) -> np.ndarray:
   """uint8 RGB [H, W, 3] -> uint8 gray [H, W], as tf.image.rgb_to_grayscale.
 
   Computed in float32 in TensorFlow's order (scale to [0, 1], weigh, scale
-  by 255.5, truncate), so that values agree with the LRA pipeline's.
+  by 255.5, truncate), so that values agree with the LRA pipeline's. The
+  weighted sum is spelt out, (r w_r + g w_g) + b w_b with each product
+  rounded: a matrix product would leave the order and the use of fused
+  multiply-adds to BLAS, whose kernel depends on the CPU and on the number
+  of pixels, and colours whose gray value lies within float32 rounding of
+  an integer would then change from one machine or batch to another.
   """
   unit_HWC = image_HWC.astype(np.float32) * np.float32(1 / 255)
-  gray_HW = unit_HWC @ RGB_WEIGHTS
+  w_r, w_g, w_b = RGB_WEIGHTS
+  gray_HW = unit_HWC[..., 0] * w_r + unit_HWC[..., 1] * w_g
+  gray_HW += unit_HWC[..., 2] * w_b
   return (gray_HW * np.float32(255.5)).astype(np.uint8)
 
 
