@@ -28,9 +28,9 @@ import numpy as np
 from flax import nnx
 
 from performer import checkpoint as ckpt_lib
-from performer import data
 from performer import model as model_lib
 from performer.attention import common
+from performer.data import build as data_build
 
 
 class Sampling(NamedTuple):
@@ -373,7 +373,7 @@ def generate_text(
   """
   check_sampling(temperature, top_k, top_p)
   model, config, _ = load_model(workdir, step)
-  tokenizer = data.load_tokenizer(config.data)
+  tokenizer = data_build.load_tokenizer(config.data)
   prompt_tokens = tokenizer.encode(prompt)
   if prompt_tokens.size == 0:
     raise ValueError('the prompt is empty; give at least one token')

@@ -52,6 +52,7 @@ from performer import metrics as metrics_lib
 from performer import model as model_lib
 from performer import parallel as parallel_lib
 from performer import transfer as transfer_lib
+from performer.data import build as data_build
 
 SCHEDULES = ('cosine', 'linear', 'rsqrt', 'constant')
 DTYPES = ('float32', 'bfloat16')
@@ -382,7 +383,7 @@ def train_and_evaluate(
   extra = extra_metric(config)
   _validate(config, extra)
   num_processes = jax.process_count()
-  datasets = data.create(
+  datasets = data_build.create(
     config.data,
     batch_size=config.batch_size // num_processes,
     seed=config.seed,

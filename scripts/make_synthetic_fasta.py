@@ -42,6 +42,7 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 
+from performer.data import build as data_build
 from performer.data import protein  # noqa: E402
 
 # UniProtKB amino-acid composition (percent, rounded), in the order of
@@ -133,7 +134,7 @@ def baseline(path: str, seq_len: int, data_dir: str) -> dict:
       objective=objective,
       read_threads=1,
     )
-    ds = data.create(config, batch_size=64, seed=0)
+    ds = data_build.create(config, batch_size=64, seed=0)
     # Train unigram over the tokens that can be targets (letters and eos).
     counts = np.zeros(protein.VOCAB_SIZE)
     stream = ds.stream('train').tokens()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from performer import data
 from performer.data import aan, cifar10, imdb
+from performer.data import build as data_build
 
 NUM_RECORDS = 23  # mock records per TFDS split
 
@@ -36,7 +36,7 @@ def _records(tfds_name: str, split: str) -> list[dict]:
 
 def _create(name, tmp_path, batch_size, **options):
   config = {'name': name, 'data_dir': str(tmp_path), **options}
-  return data.create(config, batch_size=batch_size, seed=0)
+  return data_build.create(config, batch_size=batch_size, seed=0)
 
 
 def _eval_rows(ds, split: str) -> dict[str, np.ndarray]:

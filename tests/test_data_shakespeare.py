@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from performer import data
+from performer.data import build as data_build
 from performer.data import lm, shakespeare, tokenizers
 
 # The documented split (docs/data.md), restated rather than imported.
@@ -53,7 +54,7 @@ def _create(data_dir, batch_size=8, seed=0, **options):
   config = data.default_config()
   config.data_dir = data_dir
   config.update(options)
-  return data.create(config, batch_size=batch_size, seed=seed)
+  return data_build.create(config, batch_size=batch_size, seed=seed)
 
 
 def test_split_is_by_play_disjoint_and_uses_all_38():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from performer import data
+from performer.data import build as data_build
 from performer.data import lm
 
 
@@ -19,7 +20,7 @@ def _create(batch_size=4, seed=0, shard_index=0, shard_count=1, **options):
   config = data.default_config()
   config.name = 'text_files'
   config.update(options)
-  return data.create(
+  return data_build.create(
     config,
     batch_size=batch_size,
     seed=seed,
@@ -180,13 +181,13 @@ def test_file_bytes_pickle_as_a_path(tmp_path):
 
 def test_unknown_names_and_options_are_errors():
   with pytest.raises(ValueError, match='shakespeare, text_files, lm1b, pg19'):
-    data.create({'name': 'wikitext'}, batch_size=2, seed=0)
+    data_build.create({'name': 'wikitext'}, batch_size=2, seed=0)
   with pytest.raises(ValueError, match='seq_length'):
-    data.create({'seq_length': 8}, batch_size=2, seed=0)
+    data_build.create({'seq_length': 8}, batch_size=2, seed=0)
   with pytest.raises(ValueError, match='tokenizer'):
-    data.create({'tokenizer': 'bpe'}, batch_size=2, seed=0)
+    data_build.create({'tokenizer': 'bpe'}, batch_size=2, seed=0)
   with pytest.raises(ValueError, match='text_files'):
-    data.create({'path': '/tmp/x'}, batch_size=2, seed=0)
+    data_build.create({'path': '/tmp/x'}, batch_size=2, seed=0)
 
 
 def test_default_config_is_command_line_friendly():

@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from performer import data
+from performer.data import build as data_build
 from performer.data import tfds_lm, tokenizers
 
 NUM_DOCS = 6
@@ -39,7 +40,7 @@ def _create(name, tmp_path, batch_size=3, **options):
   config.data_dir = str(tmp_path)
   config.seq_len = 12
   config.update(options)
-  return data.create(config, batch_size=batch_size, seed=0)
+  return data_build.create(config, batch_size=batch_size, seed=0)
 
 
 @pytest.mark.parametrize('name', ['lm1b', 'pg19'])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from performer import data
+from performer.data import build as data_build
 from performer.data import listops
 
 OPERATORS = ('[MIN', '[MAX', '[MED', '[SM')
@@ -236,7 +236,7 @@ def _rows(ds, split):
 
 
 def test_create_batches_splits_and_cache(tmp_path, monkeypatch):
-  ds = data.create(_config(tmp_path), batch_size=4, seed=0)
+  ds = data_build.create(_config(tmp_path), batch_size=4, seed=0)
   assert (ds.vocab_size, ds.num_classes, ds.seq_len) == (16, 10, 64)
   assert ds.eval_splits == ('train', 'validation', 'test')
   batch = next(iter(ds.train_loader()))
@@ -258,10 +258,10 @@ def test_create_batches_splits_and_cache(tmp_path, monkeypatch):
     raise AssertionError('regenerated')
 
   monkeypatch.setattr(listops, '_kept_trees', fail)
-  again = data.create(_config(tmp_path), batch_size=4, seed=1)
+  again = data_build.create(_config(tmp_path), batch_size=4, seed=1)
   assert _rows(again, 'test') == rows['test']
 
 
 def test_seq_len_shorter_than_the_longest_tree(tmp_path):
   with pytest.raises(ValueError, match='seq_len=50.*max_length=60'):
-    data.create(_config(tmp_path, seq_len=50), batch_size=4, seed=0)
+    data_build.create(_config(tmp_path, seq_len=50), batch_size=4, seed=0)

@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from performer import data, parallel, train
 from performer import model as model_lib
+from performer import parallel, train
+from performer.data import build as data_build
 from tests import multiprocess_worker as worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +92,7 @@ def _direct_losses(
   """
   config = config.copy_and_resolve_references()
   shards = [
-    data.create(
+    data_build.create(
       config.data,
       batch_size=config.batch_size // shard_count,
       seed=config.seed,
@@ -206,7 +207,9 @@ def test_bfloat16_favor_trains_with_float32_state(corpus):
     model, train.make_optimizer(config)[0], wrt=nnx.Param
   )
   graphdef, state = nnx.split(train.TrainState(model, optimizer))
-  batches = iter(data.create(config.data, batch_size=8, seed=0).train_loader())
+  batches = iter(
+    data_build.create(config.data, batch_size=8, seed=0).train_loader()
+  )
   batch = {k: v for k, v in next(batches).items() if k in train.BATCH_KEYS}
   # The compute really is bf16: the attention runs on bf16 tensors.
   jaxpr = str(jax.make_jaxpr(lambda x: model(x))(batch['inputs']))

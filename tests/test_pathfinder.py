@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from performer import data
+from performer.data import build as data_build
 from performer.data import pathfinder
 
 
@@ -95,7 +95,7 @@ def _config(tmp_path, **options):
 
 
 def test_create_generated_batches_and_cache(tmp_path, monkeypatch):
-  ds = data.create(_config(tmp_path), batch_size=4, seed=0)
+  ds = data_build.create(_config(tmp_path), batch_size=4, seed=0)
   assert (ds.vocab_size, ds.num_classes, ds.seq_len) == (256, 2, 1024)
   batch = next(iter(ds.train_loader()))
   assert (
@@ -117,7 +117,7 @@ def test_create_generated_batches_and_cache(tmp_path, monkeypatch):
     raise AssertionError('regenerated')
 
   monkeypatch.setattr(pathfinder, '_generate_rows', fail)
-  smaller = data.create(
+  smaller = data_build.create(
     _config(tmp_path, num_train=4, num_validation=2), batch_size=2, seed=1
   )
   (validation,) = list(smaller.eval_batches('validation'))
@@ -129,11 +129,13 @@ def test_create_generated_batches_and_cache(tmp_path, monkeypatch):
 
 def test_bad_config(tmp_path):
   with pytest.raises(ValueError, match='seq_len=1000.*1024 pixels'):
-    data.create(_config(tmp_path, seq_len=1000), batch_size=4, seed=0)
+    data_build.create(_config(tmp_path, seq_len=1000), batch_size=4, seed=0)
   with pytest.raises(ValueError, match="'extreme'"):
-    data.create(_config(tmp_path, difficulty='extreme'), batch_size=4, seed=0)
+    data_build.create(
+      _config(tmp_path, difficulty='extreme'), batch_size=4, seed=0
+    )
   with pytest.raises(ValueError, match='image_size=8'):
-    data.create(_config(tmp_path, image_size=8), batch_size=4, seed=0)
+    data_build.create(_config(tmp_path, image_size=8), batch_size=4, seed=0)
 
 
 def _fake_release(root, num_images: int = 21) -> dict[str, int]:
@@ -166,7 +168,7 @@ def test_release_loader(tmp_path):
   expected = _fake_release(tmp_path)
   assert len(expected) == 20
   for path in (tmp_path / 'pathfinder32', tmp_path):  # Either directory.
-    ds = data.create(
+    ds = data_build.create(
       {'name': 'pathfinder', 'path': str(path), 'seq_len': 1024},
       batch_size=2,
       seed=0,
@@ -189,14 +191,14 @@ def test_release_errors(tmp_path):
   with pytest.raises(
     FileNotFoundError, match='no pathfinder release.*metadata'
   ):
-    data.create(
+    data_build.create(
       {'name': 'pathfinder', 'path': str(tmp_path), 'seq_len': 1024},
       batch_size=2,
       seed=0,
     )
   _fake_release(tmp_path)
   with pytest.raises(ValueError, match='num_test=5 but the release has 2'):
-    data.create(
+    data_build.create(
       {
         'name': 'pathfinder',
         'path': str(tmp_path),
@@ -209,13 +211,13 @@ def test_release_errors(tmp_path):
   missing = tmp_path / 'pathfinder32/curv_contour_length_14/imgs/1/sample_2.png'
   os.remove(missing)
   with pytest.raises(FileNotFoundError, match='sample_2.png'):
-    data.create(
+    data_build.create(
       {'name': 'pathfinder', 'path': str(tmp_path), 'seq_len': 1024},
       batch_size=2,
       seed=0,
     )
   with pytest.raises(FileNotFoundError, match='curv_baseline'):
-    data.create(
+    data_build.create(
       {
         'name': 'pathfinder',
         'path': str(tmp_path),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from performer import data
+from performer.data import build as data_build
 from performer.data import protein
 
 LETTERS = protein.AMINO_ACIDS
@@ -66,7 +67,7 @@ def _datasets(corpus, **options):
   config.update(seq_len=options.pop('seq_len', 32))
   config.update(options)
   batch_size = 4
-  return data.create(config, batch_size=batch_size, seed=3)
+  return data_build.create(config, batch_size=batch_size, seed=3)
 
 
 def _split_records(records, split):
@@ -130,17 +131,17 @@ def test_malformed_file_fails_when_the_data_is_created(tmp_path):
   config = data.default_config()
   config.update(name='protein', path=path, data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(ValueError, match=r"bad.fasta:4: invalid .*'-'.*'r2'"):
-    data.create(config, batch_size=2, seed=0)
+    data_build.create(config, batch_size=2, seed=0)
 
 
 def test_empty_or_missing_path_is_a_clear_error(tmp_path):
   config = data.default_config()
   config.update(name='protein', data_dir=str(tmp_path))
   with pytest.raises(ValueError, match='data.path is empty'):
-    data.create(config, batch_size=2, seed=0)
+    data_build.create(config, batch_size=2, seed=0)
   config.path = str(tmp_path / 'missing.fasta')
   with pytest.raises(FileNotFoundError, match='missing.fasta'):
-    data.create(config, batch_size=2, seed=0)
+    data_build.create(config, batch_size=2, seed=0)
 
 
 # ---------------------------------------------------------------------------

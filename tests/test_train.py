@@ -17,10 +17,11 @@ import pytest
 from flax import nnx
 
 from configs import common
-from performer import attention, data, train
+from performer import attention, train
 from performer import checkpoint as ckpt_lib
 from performer import metrics as metrics_lib
 from performer import model as model_lib
+from performer.data import build as data_build
 
 STEPS = 8  # The reference run; the resume test stops at STEPS // 2.
 # Metrics that measure time, which no two runs share.
@@ -209,7 +210,7 @@ def test_test_split_uses_best_checkpoint(reference, corpus):
   finally:
     ckpts.close()
   model = nnx.merge(graphdef, state).model
-  datasets = data.create(config.data, batch_size=4, seed=0)
+  datasets = data_build.create(config.data, batch_size=4, seed=0)
   loss_sum = weight_sum = 0.0
   for batch in datasets.eval_batches('test', max_batches=2):
     logits = np.asarray(model(batch['inputs']), np.float64)
@@ -336,7 +337,7 @@ def test_nan_loss_stops_naming_the_step(corpus, tmp_path):
 def test_every_attention_variant_trains(name, corpus):
   config = _config(corpus, **{'model.attention': name})
   config = config.copy_and_resolve_references()
-  datasets = data.create(config.data, batch_size=4, seed=0)
+  datasets = data_build.create(config.data, batch_size=4, seed=0)
   config.model.vocab_size = datasets.vocab_size
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(

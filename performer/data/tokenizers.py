@@ -14,8 +14,6 @@ from collections.abc import Iterable
 import numpy as np
 import sentencepiece as spm
 
-NAMES = ('byte', 'sentencepiece')
-
 
 class ByteTokenizer:
   """UTF-8 bytes as tokens: token id = byte value."""

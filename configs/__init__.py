@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config(arg)` per file; shared parts in common."""
