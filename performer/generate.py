@@ -13,22 +13,21 @@ Sampling: logits / temperature, then top-k, then top-p (nucleus) on what
 is left, then a categorical draw with key fold_in(key(seed), i) for token i,
 so a seed gives the same text on every run. Temperature 0 is greedy.
 
-`load_model(workdir)` rebuilds a trained model from a trainer's workdir.
+`generate_text(workdir, prompt, ...)` does it all for a trained run's
+workdir, with the run's tokenizer.
 """
 
 import functools
 import math
-import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from performer import checkpoint as ckpt_lib
-from performer import model as model_lib
+from performer import tasks
+from performer import workdir as workdir_lib
 from performer.attention import common
 from performer.data import build as data_build
 
@@ -293,61 +292,42 @@ def generate(
   return out[0] if single else out
 
 
-def load_model(
-  workdir: str, step: int | None = None
-) -> tuple[nnx.Module, ml_collections.ConfigDict, int]:
-  """Rebuilds the model of a trainer's workdir from a checkpoint.
+def sample_text(
+  model: nnx.Module,
+  tokenizer: Any,
+  prompt: str,
+  *,
+  num_tokens: int,
+  temperature: float,
+  context: int,
+  seed: int,
+) -> str:
+  """Continues `prompt` with a trained LM; returns prompt and continuation.
+
+  The trainer's end-of-run sample. An empty prompt starts from a newline.
 
   Args:
-    workdir: a workdir of `train.train_and_evaluate` (config.json and
-      checkpoints/).
-    step: which checkpoint; default the best by the run's validation
-      metric (else the newest).
-
-  Returns:
-    (the model, the run's config, the checkpoint step).
-
-  Raises:
-    FileNotFoundError: no such workdir, no config, no checkpoint, or no
-      checkpoint `step`.
+    model: a causal `LanguageModel`.
+    tokenizer: has `encode(text)` and `decode(ids)` (the run's data).
+    prompt: the text to continue.
+    num_tokens: tokens to generate.
+    temperature: see `Sampling`.
+    context: prompts keep their last `context` tokens (the training length).
+    seed: the sampling seed.
   """
-  # Imported here: the trainer imports this module for its sample.
-  from performer import train
-
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir} does not exist')
-  saved = ckpt_lib.read_saved_config(workdir)
-  ckpt_dir = os.path.join(workdir, ckpt_lib.CHECKPOINT_DIR)
-  if saved is None or not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(
-      f'workdir {workdir} holds no checkpoint (expected {ckpt_lib.CONFIG_FILE}'
-      f' and {ckpt_lib.CHECKPOINT_DIR}/ written by scripts/train.py)'
-    )
-  config = ml_collections.ConfigDict(saved)
-  ckpts = ckpt_lib.Checkpoints(
-    ckpt_dir,
-    keep=config.keep_checkpoints,
-    best_metric=config.best_metric,
-    best_mode=config.best_mode,
+  prompt_tokens = np.asarray(tokenizer.encode(prompt), np.int32)
+  if prompt_tokens.size == 0:
+    prompt_tokens = np.asarray(tokenizer.encode('\n'), np.int32)
+  if prompt_tokens.size == 0:
+    return ''
+  tokens = generate(
+    model,
+    prompt_tokens[-context:],
+    num_tokens=num_tokens,
+    temperature=temperature,
+    seed=seed,
   )
-  try:
-    steps = ckpts.all_steps()
-    if step is None:
-      step = ckpts.best_step()
-    if step is None or step not in steps:
-      raise FileNotFoundError(
-        f'no checkpoint {"" if step is None else step} in {ckpt_dir}; '
-        f'saved steps: {steps}'
-      )
-    model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
-    tx, _ = train.make_optimizer(config)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    graphdef, state = nnx.split(train.TrainState(model, optimizer))
-    state = ckpts.restore(step, ckpt_lib.abstract(state))
-  finally:
-    ckpts.close()
-  return nnx.merge(graphdef, state).model, config, step
+  return prompt + tokenizer.decode(tokens)
 
 
 def generate_text(
@@ -364,17 +344,25 @@ def generate_text(
   """Loads a workdir's model; returns the prompt and its continuation.
 
   The text is encoded and decoded with the run's tokenizer (bytes: UTF-8
-  with invalid sequences replaced by U+FFFD). Arguments as in `generate`
-  and `load_model`.
+  with invalid sequences replaced by U+FFFD; proteins: amino-acid
+  letters). Arguments as in `generate` and `workdir.restore_model`.
 
   Raises:
     FileNotFoundError: a workdir without checkpoint, or a missing step.
-    ValueError: an empty or too long prompt, or bad sampling settings.
+    ValueError: a run that is not a causal language model, an empty or too
+      long prompt, or bad sampling settings.
   """
   check_sampling(temperature, top_k, top_p)
-  model, config, _ = load_model(workdir, step)
+  model, config, _ = workdir_lib.restore_model(workdir, step)
+  task = tasks.task_of(config.data)
+  if task != 'lm':
+    raise ValueError(
+      f'workdir {workdir} holds a {config.model.head!r} model trained on the '
+      f'{task!r} task of {config.data.name!r}, not a language model; '
+      'generation needs the workdir of a causal language model run'
+    )
   tokenizer = data_build.load_tokenizer(config.data)
-  prompt_tokens = tokenizer.encode(prompt)
+  prompt_tokens = np.asarray(tokenizer.encode(prompt))
   if prompt_tokens.size == 0:
     raise ValueError('the prompt is empty; give at least one token')
   tokens = generate(

@@ -15,16 +15,19 @@ Only process 0 writes; the others get a writer that does nothing.
 import json
 import math
 import os
+import resource
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
+
+from performer import workdir as workdir_lib
 
 SPLITS = ('train', 'validation', 'test')
-METRICS_FILE = 'metrics.jsonl'
-TENSORBOARD_DIR = 'tensorboard'
 
 
 def xent_sums(
@@ -104,7 +107,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, start_step: int = 0):
     self.enabled = jax.process_index() == 0
-    self._path = os.path.join(workdir, METRICS_FILE)
+    self._path = workdir_lib.metrics_path(workdir)
     self._tb = None
     if not self.enabled:
       return
@@ -113,7 +116,7 @@ class MetricWriter:
     # Imported here so that processes other than 0 never touch TensorBoard.
     from tensorboardX import SummaryWriter
 
-    self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+    self._tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     """Records `metrics` (name -> number) of `split` at `step`."""
@@ -143,17 +146,11 @@ class MetricWriter:
       self._tb = None
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Reads metrics.jsonl (or any JSON-lines file) into a list of dicts."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _truncate(path: str, start_step: int) -> None:
   """Drops records after `start_step`, and test records, from `path`."""
   if not os.path.exists(path):
     return
-  records = read_jsonl(path)
+  records = workdir_lib.read_jsonl(path)
   kept = [
     r for r in records if r['step'] <= start_step and r['split'] != 'test'
   ]
@@ -212,3 +209,55 @@ class Timer:
 
   def rate(self) -> float:
     return self._tokens / max(self.lap(), 1e-9)
+
+
+# ---------------------------------------------------------------------------
+# What a run reports on the console.
+
+
+def peak_memory_bytes() -> int:
+  """Peak memory of this process's first device (host RSS on a CPU).
+
+  GPUs and TPUs report their allocator's peak; the CPU backend reports
+  nothing, so there it is the process's peak resident set size.
+  """
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use'])
+  # ru_maxrss is in KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+_HEAD_NAMES = {
+  'lm': 'LM',
+  'classifier': 'classifier',
+  'dual_encoder': 'dual encoder',
+}
+
+
+def describe_run(config: Any, state: Any) -> str:
+  """One line: the model, its size and the data, from the trainer state."""
+  m = config.model
+  params = nnx.filter_state(state['model'], nnx.Param)
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  return (
+    f'{m.num_layers}-layer {m.attention} {_HEAD_NAMES[m.head]} (emb '
+    f'{m.emb_dim}, {num_params / 1e6:.2f}M params) on {config.data.name}'
+  )
+
+
+def final_report(result: dict, reported: str | None) -> str:
+  """The lines that end a run: metrics, best step, checkpoints, sample."""
+  name = reported or 'accuracy'
+  lines = [f'Finished at step {result["step"]}.']
+  if f'validation/{name}' in result:
+    lines.append(f'validation {name}: {result[f"validation/{name}"]:.4f}')
+  if f'test/{name}' in result:
+    lines.append(
+      f'test {name}: {result[f"test/{name}"]:.4f} (best checkpoint, step '
+      f'{result["best_step"]})'
+    )
+  lines.append(f'checkpoints: {result["checkpoint_dir"]}')
+  if result['sample']:
+    lines.append('sample:\n' + result['sample'])
+  return '\n'.join(lines)

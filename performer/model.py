@@ -41,7 +41,6 @@ from flax import nnx
 from performer import attention
 from performer.attention import common
 
-HEADS = ('lm', 'classifier', 'dual_encoder')
 POSITIONS = ('learned', 'sinusoidal', 'rotary', 'none')
 POOLS = ('cls', 'mean')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -254,35 +253,27 @@ class Block(nnx.Module):
     a_BLHD = self.attention(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
     return self._residuals(x_BLE, a_BLHD, train=train, rngs=rngs)
 
-  def cached(
+  def prefill(
     self,
     x_BLE: jax.Array,
     mask_BL: jax.Array | None,
     positions_L: jax.Array,
     cache: dict,
-    *,
-    prefill: bool,
   ) -> tuple[jax.Array, dict]:
-    """The block at inference with its attention's decoding cache.
-
-    Args:
-      x_BLE: the prompt (`prefill`) or one new position (L = 1).
-      mask_BL: the prompt's key-padding mask (prefill only).
-      positions_L: absolute positions of the L inputs.
-      cache: this block's attention cache.
-      prefill: whether to prefill (else decode one position).
-
-    Returns:
-      The block's output and the updated cache.
-    """
+    """The block over a prompt, filling its attention's decoding cache."""
     q_BLHD, k_BLHD, v_BLHD = self._qkv(x_BLE, positions_L)
-    if prefill:
-      a_BLHD, cache = self.attention.prefill(
-        q_BLHD, k_BLHD, v_BLHD, cache, mask=mask_BL
-      )
-    else:
-      a_BLHD, cache = self.attention.decode(q_BLHD, k_BLHD, v_BLHD, cache)
+    a_BLHD, cache = self.attention.prefill(
+      q_BLHD, k_BLHD, v_BLHD, cache, mask=mask_BL
+    )
     return self._residuals(x_BLE, a_BLHD, train=False, rngs=None), cache
+
+  def decode_step(
+    self, x_B1E: jax.Array, positions_1: jax.Array, cache: dict
+  ) -> tuple[jax.Array, dict]:
+    """The block at one new position, from and into its attention cache."""
+    q_B1HD, k_B1HD, v_B1HD = self._qkv(x_B1E, positions_1)
+    a_B1HD, cache = self.attention.decode(q_B1HD, k_B1HD, v_B1HD, cache)
+    return self._residuals(x_B1E, a_B1HD, train=False, rngs=None), cache
 
   def _qkv(self, x_BLE, positions_L):
     h_BLE = self.attn_norm(x_BLE)
@@ -461,42 +452,45 @@ class Encoder(nnx.Module):
     ]
     return {'index': jnp.zeros((), jnp.int32), 'layers': layers}
 
-  def cached(
+  def prefill(
     self,
     tokens_BL: jax.Array,
     cache: dict,
     mask_BL: jax.Array | None = None,
-    *,
-    prefill: bool,
   ) -> tuple[jax.Array, dict]:
-    """Features of a prompt (`prefill`) or of one new token, and the cache.
-
-    A prefill starts the sequence at position 0; a decode step continues at
-    position cache['index'].
-    """
+    """Features of a prompt at positions 0 .. L - 1, and the filled cache."""
     l = tokens_BL.shape[1]
-    if prefill:
-      self._check_length(l, 'prompt length')
-      positions_L = jnp.arange(l)
-    else:
-      if l != 1:
-        raise ValueError(
-          f'decode_step takes one token per sequence, [batch, 1], got shape '
-          f'{tuple(tokens_BL.shape)}'
-        )
-      positions_L = cache['index'] + jnp.arange(1)
+    self._check_length(l, 'prompt length')
+    positions_L = jnp.arange(l)
     x_BLE = self._embed(tokens_BL, positions_L)
     if mask_BL is not None:
       mask_BL = mask_BL.astype(bool)
     layers = []
     for block, layer_cache in zip(self.blocks, cache['layers'], strict=True):
-      x_BLE, layer_cache = block.cached(
-        x_BLE, mask_BL, positions_L, layer_cache, prefill=prefill
+      x_BLE, layer_cache = block.prefill(
+        x_BLE, mask_BL, positions_L, layer_cache
       )
       layers.append(layer_cache)
-    index = l if prefill else cache['index'] + 1
-    new_cache = {'index': jnp.asarray(index, jnp.int32), 'layers': layers}
+    new_cache = {'index': jnp.asarray(l, jnp.int32), 'layers': layers}
     return self.final_norm(x_BLE), new_cache
+
+  def decode_step(
+    self, tokens_B1: jax.Array, cache: dict
+  ) -> tuple[jax.Array, dict]:
+    """Features of one new token at position cache['index'], and the cache."""
+    if tokens_B1.shape[1] != 1:
+      raise ValueError(
+        f'decode_step takes one token per sequence, [batch, 1], got shape '
+        f'{tuple(tokens_B1.shape)}'
+      )
+    positions_1 = cache['index'] + jnp.arange(1)
+    x_B1E = self._embed(tokens_B1, positions_1)
+    layers = []
+    for block, layer_cache in zip(self.blocks, cache['layers'], strict=True):
+      x_B1E, layer_cache = block.decode_step(x_B1E, positions_1, layer_cache)
+      layers.append(layer_cache)
+    new_cache = {'index': cache['index'] + 1, 'layers': layers}
+    return self.final_norm(x_B1E), new_cache
 
 
 class LanguageModel(nnx.Module):
@@ -583,7 +577,7 @@ class LanguageModel(nnx.Module):
       float32 logits [B, L, V], equal to `model(tokens_BL, mask_BL)`, and
       the cache holding L positions.
     """
-    x_BLE, cache = self.encoder.cached(tokens_BL, cache, mask_BL, prefill=True)
+    x_BLE, cache = self.encoder.prefill(tokens_BL, cache, mask_BL)
     return self._logits(x_BLE), cache
 
   def decode_step(
@@ -599,7 +593,7 @@ class LanguageModel(nnx.Module):
       float32 logits [B, 1, V] (those the full forward pass gives at this
       position) and the cache holding one more position.
     """
-    x_B1E, cache = self.encoder.cached(tokens_B1, cache, prefill=False)
+    x_B1E, cache = self.encoder.decode_step(tokens_B1, cache)
     return self._logits(x_B1E), cache
 
 
@@ -734,17 +728,22 @@ def _check_rngs(train: bool, rngs: nnx.Rngs | None, rate: float) -> None:
     )
 
 
-_MODELS = {
+# The model class of each head; `model.head` names one.
+MODELS = {
   'lm': LanguageModel,
   'classifier': Classifier,
   'dual_encoder': DualEncoder,
 }
+HEADS = tuple(MODELS)
 
 
 def create_model(
   model_config: ml_collections.ConfigDict, *, rngs: nnx.Rngs
 ) -> nnx.Module:
-  """Validates `model_config` and builds the model its `head` names.
+  """Builds the model that `model_config.head` names.
+
+  The config is taken as valid: `performer.validate.check_model` reports
+  every problem of one (the trainer checks it with the whole config).
 
   Args:
     model_config: a config with the fields of `default_config()`.
@@ -755,55 +754,10 @@ def create_model(
     A `LanguageModel`, `Classifier` or `DualEncoder`.
 
   Raises:
-    ValueError: for an unknown head, position, pool, dtype or attention
-      variant, invalid attention options, or inconsistent sizes.
+    ValueError: an unknown head.
   """
-  validate_config(model_config)
-  return _MODELS[model_config.head](model_config, rngs=rngs)
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field when `config` cannot build a model.
-
-  Attention options are checked by `attention.create` when the model is
-  built.
-  """
-  common.check_choice('head', config.head, HEADS)
-  common.check_choice('position', config.position, POSITIONS)
-  common.check_choice('pool', config.pool, POOLS)
-  common.check_choice('dtype', config.dtype, DTYPES)
-  attention.options(config.attention)  # The registry's error for bad names.
-  for field in (
-    'vocab_size',
-    'max_len',
-    'emb_dim',
-    'num_heads',
-    'num_layers',
-    'qkv_dim',
-    'mlp_dim',
-    'num_classes',
-  ):
-    common.check_positive_int(field, config[field])
-  if not 0.0 <= config.dropout_rate < 1.0:
+  if model_config.head not in MODELS:
     raise ValueError(
-      f'dropout_rate must be in [0, 1), got {config.dropout_rate!r}'
+      f'model.head must be one of {list(HEADS)}, got {model_config.head!r}'
     )
-  if config.qkv_dim % config.num_heads:
-    raise ValueError(
-      f'qkv_dim={config.qkv_dim} must be divisible by '
-      f'num_heads={config.num_heads}'
-    )
-  head_dim = config.qkv_dim // config.num_heads
-  if config.position == 'rotary' and head_dim % 2:
-    raise ValueError(
-      f'rotary positions need an even head dim, got qkv_dim / num_heads = '
-      f'{head_dim}'
-    )
-  if config.position == 'sinusoidal' and config.emb_dim % 2:
-    raise ValueError(
-      f'sinusoidal positions need an even emb_dim, got {config.emb_dim}'
-    )
-  if config.head != 'lm' and config.causal:
-    raise ValueError(
-      f'head {config.head!r} encodes bidirectionally; set causal=False'
-    )
+  return MODELS[model_config.head](model_config, rngs=rngs)

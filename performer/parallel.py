@@ -9,7 +9,9 @@ Two modes (`config.parallel`) run the same training step:
 - 'pmap': `jax.pmap` over this process's devices (the collectives span all
   processes); the state carries a leading axis of one replica per local
   device, the batch is reshaped to [local devices, B / devices, ...], and
-  the step sums gradients and metrics across devices with `lax.psum`.
+  the same step body (`steps.train_step_body`) runs per device with the
+  device axis (`DeviceAxis`), which sums gradients and metrics over the
+  devices with `lax.psum`.
 
 Both give the same losses to floating-point tolerance. Evaluation and
 checkpoints always use the 'jit' layout: `Parallel.canonical` turns pmap
@@ -20,15 +22,19 @@ Several processes (a TPU pod slice, several GPU hosts) join through
 `initialize_distributed` before anything else touches JAX.
 """
 
+import functools
 import os
 import signal
 import threading
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from performer import steps
 
 MODES = ('jit', 'pmap')
 AXIS = 'data'
@@ -127,6 +133,40 @@ def batch_size_problem(batch_size: int, grad_accum_steps: int) -> str | None:
   return None
 
 
+class DeviceAxis(NamedTuple):
+  """The pmap device axis, as the step body's `across` (see `steps`).
+
+  Each device holds a part of the global batch: values are summed over
+  the axis, and each device draws dropout masks for its own rows.
+  """
+
+  name: str = AXIS
+
+  def total(self, x):
+    return jax.lax.psum(x, self.name)
+
+  def device_key(self, key: jax.Array) -> jax.Array:
+    return jax.random.fold_in(key, jax.lax.axis_index(self.name))
+
+
+@functools.cache
+def pmap_train_step(graphdef, options: steps.StepOptions):
+  """`steps.train_step` under pmap: (state, batch, dropout_key) -> (state,
+  metrics).
+
+  The state and batch carry a leading axis of local devices; the key is
+  shared. Compiled once per (graphdef, options).
+  """
+  return jax.pmap(
+    functools.partial(
+      steps.train_step_body, graphdef, options=options, across=DeviceAxis()
+    ),
+    axis_name=AXIS,
+    in_axes=(0, 0, None),
+    donate_argnums=0,
+  )
+
+
 class Parallel:
   """Places the state and batches for one of the two modes.
 
@@ -147,6 +187,16 @@ class Parallel:
     # pmap's own layout of per-device values: axis 0 over the local devices.
     local_mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
     self._replicas = NamedSharding(local_mesh, P(AXIS))
+
+  def train_step(self, graphdef, options: steps.StepOptions):
+    """This mode's training step: (state, batch, dropout_key) -> (state,
+    metrics), taking the state of `put_state` and the batch of
+    `train_batch`."""
+    if self.mode == 'pmap':
+      return pmap_train_step(graphdef, options)
+    return lambda state, batch, key: steps.train_step(
+      graphdef, state, batch, key, options
+    )
 
   def put_state(self, state):
     """The canonical (replicated) state in this mode's layout for training."""

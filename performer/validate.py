@@ -10,7 +10,6 @@ its own (benchmarks, tests, `performer.data.build`).
 """
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +44,10 @@ class _Problems:
       and not isinstance(value, bool)
       and value >= minimum
     )
-    return self.need(ok, f'{field} must be an int >= {minimum}, got {value!r}')
+    kind = {0: 'a non-negative int', 1: 'a positive int'}.get(
+      minimum, f'an int >= {minimum}'
+    )
+    return self.need(ok, f'{field} must be {kind}, got {value!r}')
 
   def number_in(
     self,
@@ -124,9 +126,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   warmup, steps = config.warmup_steps, config.num_train_steps
   if isinstance(warmup, int) and isinstance(steps, int):
     found.need(
-      warmup < steps or warmup == 0,
-      f'warmup_steps={warmup} must be smaller than num_train_steps={steps}: '
-      'the learning rate would never reach its peak',
+      warmup <= steps,
+      f'warmup_steps={warmup} exceeds num_train_steps={steps}: the '
+      'learning rate would never reach its peak',
     )
   found.need(
     config.model.dtype == config.dtype,
@@ -137,12 +139,6 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   if isinstance(batch, int) and isinstance(accum, int) and accum > 0:
     problem = parallel.batch_size_problem(batch, accum)
     found.need(problem is None, problem)
-  if config.init_from:
-    found.need(
-      os.path.isdir(config.init_from),
-      f'init_from={config.init_from!r} is not a directory; it must be the '
-      'workdir of an earlier run',
-    )
   found.messages += model_problems(config.model)
   data_messages = data_problems(config.data)
   found.messages += data_messages

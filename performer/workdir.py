@@ -125,6 +125,17 @@ def read_config(workdir: str) -> dict | None:
     ckpts.close()
 
 
+def latest_step(workdir: str) -> int | None:
+  """The newest checkpoint step in `workdir` (read-only), or None."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  ckpts = Checkpoints(checkpoint_dir(workdir), read_only=True)
+  try:
+    return ckpts.latest_step()
+  finally:
+    ckpts.close()
+
+
 # ---------------------------------------------------------------------------
 # Resuming: which config changes a run may survive.
 
@@ -270,10 +281,10 @@ class Checkpoints:
       return float(metrics[best_metric])
 
     if read_only:
-      options = ocp.CheckpointManagerOptions(
-        read_only=True, best_fn=metric, best_mode=best_mode
-      )
       with _quiet(_READ_ONLY_NOTES):
+        options = ocp.CheckpointManagerOptions(
+          read_only=True, best_fn=metric, best_mode=best_mode
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
       return
     # LatestN keeps the last `keep`; BestN keeps the best one even when it
@@ -302,9 +313,9 @@ class Checkpoints:
     """The checkpoints of the run in `workdir` made with `config`."""
     return cls(
       checkpoint_dir(workdir),
-      keep=config['keep_checkpoints'],
-      best_metric=config['best_metric'],
-      best_mode=config['best_mode'],
+      keep=config.get('keep_checkpoints', 1),
+      best_metric=config.get('best_metric', 'loss'),
+      best_mode=config.get('best_mode', 'min'),
       **kwargs,
     )
 
@@ -547,9 +558,9 @@ def restore_model(
   # A partial restore of the 'model' subtree of the saved training state;
   # the PyTree handler (which wrote the StandardSave item underneath)
   # accepts a partial target, the Standard one does not.
+  target = {'model': abstract(model_state)}
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    target = {'model': nnx.to_pure_dict(abstract(model_state))}
     restored = handler.restore(
       item_dir,
       args=ocp.args.PyTreeRestore(
@@ -560,5 +571,4 @@ def restore_model(
     )
   finally:
     handler.close()
-  nnx.replace_by_pure_dict(model_state, restored['model'])
-  return nnx.merge(graphdef, model_state), config, int(step)
+  return nnx.merge(graphdef, restored['model']), config, int(step)

@@ -79,12 +79,12 @@ def tiny_config(corpus: str, **overrides):
 
 def summary(workdir: str) -> dict:
   """Per-step train losses and grad norms, and the last validation loss."""
-  from performer import metrics
+  from performer import workdir as workdir_lib
 
-  path = os.path.join(workdir, metrics.METRICS_FILE)
+  path = workdir_lib.metrics_path(workdir)
   if not os.path.exists(path):
     return {}
-  records = metrics.read_jsonl(path)
+  records = workdir_lib.read_jsonl(path)
   train = [r for r in records if r['split'] == 'train']
   validation = [r for r in records if r['split'] == 'validation']
   return {
@@ -98,17 +98,17 @@ def summary(workdir: str) -> dict:
 def main(request: dict) -> dict:
   if 'distributed' in request:
     parallel.initialize_distributed('on', **request['distributed'])
-  from performer import train
+  from performer import steps, train
 
   delay = request.get('step_delay', 0)
   if delay:
-    real_step = train.train_step
+    real_step = steps.train_step
 
     def slow_step(*args):
       time.sleep(delay)
       return real_step(*args)
 
-    train.train_step = slow_step
+    steps.train_step = slow_step
 
   corpus, workdir = request['corpus'], request['workdir']
   if request['job'] == 'train':

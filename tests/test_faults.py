@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from performer import checkpoint as ckpt_lib
-from performer import metrics as metrics_lib
-from performer import parallel, train
+from performer import optim, parallel, steps, train
+from performer import workdir as ckpt_lib
 from tests import multiprocess_worker as worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,10 +65,10 @@ def cache_dir(tmp_path_factory) -> str:
 
 
 def _records(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+  path = ckpt_lib.metrics_path(workdir)
   return [
     {k: v for k, v in record.items() if k not in TIMINGS}
-    for record in metrics_lib.read_jsonl(path)
+    for record in ckpt_lib.read_jsonl(path)
   ]
 
 
@@ -262,7 +261,7 @@ def test_nonfinite_steps_are_skipped_when_configured(
   assert all(np.isfinite(r['loss']) for i, r in enumerate(rows) if i != 2)
 
   # The skipped step left parameters and Adam moments as they were.
-  model = train.TrainState(
+  model = steps.TrainState(
     *_model_and_optimizer(config.copy_and_resolve_references())
   )
   graphdef, state = nnx.split(model)
@@ -297,5 +296,5 @@ def _model_and_optimizer(config):
 
   config.model.vocab_size = 256
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
-  tx, _ = train.make_optimizer(config)
+  tx, _ = optim.make_optimizer(config)
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)

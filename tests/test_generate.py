@@ -13,6 +13,7 @@ from flax import nnx
 
 from performer import generate as gen
 from performer import train
+from performer import workdir as workdir_lib
 from tests import test_model, test_train
 
 V = 50
@@ -203,7 +204,7 @@ def test_bad_generate_inputs():
     gen.generate(_model(causal=False), PROMPT, num_tokens=1)
 
 
-# A trained workdir: the trainer's sample, load_model and the script.
+# A trained workdir: the trainer's sample, restore_model and the script.
 
 
 @pytest.fixture(scope='module')
@@ -236,7 +237,7 @@ def test_script_generates_deterministic_text(workdir):
   text = gen.generate_text(path, 'to be', **kwargs)
   assert text.startswith('to be')
   assert text == gen.generate_text(path, 'to be', **kwargs)
-  model, config, step = gen.load_model(path)
+  model, config, step = workdir_lib.restore_model(path)
   assert step == 2 and config.model.attention == 'favor'
   assert model.max_decode_len == config.model.max_len
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from performer import attention, model
+from performer import attention, model, validate
 
 # Small values for options that some variants have; a variant only gets the
 # ones it accepts (see `attention.options`).
@@ -334,7 +334,7 @@ def test_bad_config_raises(field, value, words):
   config = small_config('softmax', 'classifier')
   config[field] = value
   with pytest.raises(ValueError) as info:
-    build(config)
+    validate.check_model(config)
   for word in words:
     assert word in str(info.value)
 

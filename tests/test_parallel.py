@@ -28,7 +28,8 @@ import pytest
 from flax import nnx
 
 from performer import model as model_lib
-from performer import parallel, train
+from performer import optim, parallel, tasks, train
+from performer import steps as steps_lib
 from performer.data import build as data_build
 from tests import multiprocess_worker as worker
 
@@ -104,9 +105,9 @@ def _direct_losses(
   config.model.vocab_size = shards[0].vocab_size
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(init_key))
-  tx, _ = train.make_optimizer(config)
+  tx, _ = optim.make_optimizer(config)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split(train.TrainState(model, optimizer))
+  graphdef, state = nnx.split(steps_lib.TrainState(model, optimizer))
   loaders = [iter(shard.train_loader()) for shard in shards]
   result = {'loss': [], 'grad_norm': []}
   for _ in range(steps):
@@ -114,9 +115,11 @@ def _direct_losses(
     batch = {
       k: np.concatenate([part[k] for part in parts])
       for k in parts[0]
-      if k in train.BATCH_KEYS
+      if k in tasks.TASKS['lm'].batch_keys
     }
-    state, step_metrics = train.train_step(graphdef, state, batch, dropout_key)
+    state, step_metrics = steps_lib.train_step(
+      graphdef, state, batch, dropout_key
+    )
     for name, values in result.items():
       values.append(float(step_metrics[name]))
   return result
@@ -204,20 +207,21 @@ def test_bfloat16_favor_trains_with_float32_state(corpus):
   config.model.vocab_size = 256
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(
-    model, train.make_optimizer(config)[0], wrt=nnx.Param
+    model, optim.make_optimizer(config)[0], wrt=nnx.Param
   )
-  graphdef, state = nnx.split(train.TrainState(model, optimizer))
+  graphdef, state = nnx.split(steps_lib.TrainState(model, optimizer))
   batches = iter(
     data_build.create(config.data, batch_size=8, seed=0).train_loader()
   )
-  batch = {k: v for k, v in next(batches).items() if k in train.BATCH_KEYS}
+  keys = tasks.TASKS['lm'].batch_keys
+  batch = {k: v for k, v in next(batches).items() if k in keys}
   # The compute really is bf16: the attention runs on bf16 tensors.
   jaxpr = str(jax.make_jaxpr(lambda x: model(x))(batch['inputs']))
   assert 'bf16' in jaxpr
   key = jax.random.key(0)
   losses = []
   for _ in range(4):
-    state, step_metrics = train.train_step(graphdef, state, batch, key)
+    state, step_metrics = steps_lib.train_step(graphdef, state, batch, key)
     losses.append(float(step_metrics['loss']))
     assert math.isfinite(float(step_metrics['grad_norm']))
   assert all(math.isfinite(loss) for loss in losses), losses

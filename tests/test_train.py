@@ -17,10 +17,9 @@ import pytest
 from flax import nnx
 
 from configs import common
-from performer import attention, train
-from performer import checkpoint as ckpt_lib
-from performer import metrics as metrics_lib
+from performer import attention, optim, steps, train
 from performer import model as model_lib
+from performer import workdir as ckpt_lib
 from performer.data import build as data_build
 
 STEPS = 8  # The reference run; the resume test stops at STEPS // 2.
@@ -114,7 +113,7 @@ def reference(corpus, tmp_path_factory):
 
 
 def _records(workdir: str, split: str) -> list[dict]:
-  records = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = ckpt_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   return [r for r in records if r['split'] == split]
 
 
@@ -199,9 +198,9 @@ def test_test_split_uses_best_checkpoint(reference, corpus):
     config = ml_collections.ConfigDict(json.load(f))
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(
-    model, train.make_optimizer(config)[0], wrt=nnx.Param
+    model, optim.make_optimizer(config)[0], wrt=nnx.Param
   )
-  graphdef, state = nnx.split(train.TrainState(model, optimizer))
+  graphdef, state = nnx.split(steps.TrainState(model, optimizer))
   ckpts = ckpt_lib.Checkpoints(
     ckpt_dir, keep=1, best_metric='loss', best_mode='max'
   )
@@ -234,7 +233,7 @@ def test_resume_gives_identical_losses(
   config = _config(corpus)
   stop_at = STEPS // 2 + 2  # Steps up to STEPS // 2 + 1 ran; last save 4.
   calls = []
-  real_step = train.train_step
+  real_step = steps.train_step
 
   def preempted_step(*args):
     calls.append(None)
@@ -242,12 +241,12 @@ def test_resume_gives_identical_losses(
       raise _Preempted
     return real_step(*args)
 
-  monkeypatch.setattr(train, 'train_step', preempted_step)
+  monkeypatch.setattr(steps, 'train_step', preempted_step)
   with pytest.raises(_Preempted):
     train.train_and_evaluate(config, workdir)
-  steps = [r['step'] for r in _records(workdir, 'train')]
-  assert steps == list(range(1, stop_at))  # Includes one step past the save.
-  monkeypatch.setattr(train, 'train_step', real_step)
+  logged = [r['step'] for r in _records(workdir, 'train')]
+  assert logged == list(range(1, stop_at))  # Includes one step past the save.
+  monkeypatch.setattr(steps, 'train_step', real_step)
 
   result = train.train_and_evaluate(config, workdir)
   reference_dir, reference_result = reference
@@ -341,16 +340,16 @@ def test_every_attention_variant_trains(name, corpus):
   config.model.vocab_size = datasets.vocab_size
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(
-    model, train.make_optimizer(config)[0], wrt=nnx.Param
+    model, optim.make_optimizer(config)[0], wrt=nnx.Param
   )
-  graphdef, state = nnx.split(train.TrainState(model, optimizer))
+  graphdef, state = nnx.split(steps.TrainState(model, optimizer))
   before = nnx.to_pure_dict(nnx.filter_state(state, nnx.Param))
   before = jax.tree.map(np.asarray, before)
   batches = iter(datasets.train_loader())
   key = jax.random.key(0)
   losses = []
   for _ in range(3):  # Step 1 has learning rate 0 (warmup from 0).
-    state, step_metrics = train.train_step(graphdef, state, next(batches), key)
+    state, step_metrics = steps.train_step(graphdef, state, next(batches), key)
     losses.append(float(step_metrics['loss']))
   assert all(math.isfinite(loss) for loss in losses), losses
   after = nnx.to_pure_dict(nnx.filter_state(state, nnx.Param))
@@ -369,12 +368,12 @@ def test_schedules():
       num_train_steps=110,
       end_lr_fraction=0.1,
     )
-    _, lr = train.make_optimizer(config)
+    _, lr = optim.make_optimizer(config)
     assert float(lr(0)) == 0.0
     assert float(lr(5)) == pytest.approx(0.5)
     assert float(lr(10)) == pytest.approx(1.0)
     assert float(lr(110)) == pytest.approx(end)
   base.schedule = 'rsqrt'
-  _, lr = train.make_optimizer(base)
+  _, lr = optim.make_optimizer(base)
   assert float(lr(10)) == pytest.approx(1.0)
   assert float(lr(40)) == pytest.approx(0.5)  # sqrt(10 / 40).

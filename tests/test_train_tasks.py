@@ -2,7 +2,7 @@
 
 The data is a small synthetic task fed through `ClassificationDatasets`
 (the same loader the Long Range Arena tasks use), patched in for
-`performer.data.create`.
+`performer.data.build.create`.
 """
 
 import json
@@ -15,8 +15,10 @@ import pytest
 from flax import nnx
 
 from configs import common
-from performer import data, generate, train
 from performer import model as model_lib
+from performer import tasks, train
+from performer import workdir as workdir_lib
+from performer.data import build as data_build
 from performer.data import classification
 
 SEQ_LEN = 12
@@ -64,18 +66,21 @@ def _datasets(pair: bool, batch_size: int, seed: int):
 
 @pytest.fixture
 def synthetic(monkeypatch):
-  """Patches data.create to give the synthetic task ('pair' picks which)."""
+  """Patches data_build.create to give the synthetic task ('pair' picks)."""
 
   def create(data_config, *, batch_size, seed, **unused):
     return _datasets(data_config['path'] == 'pair', batch_size, seed)
 
-  monkeypatch.setattr(data, 'create', create)
+  monkeypatch.setattr(data_build, 'create', create)
 
 
 def _config(head: str, **overrides) -> ml_collections.ConfigDict:
   config = common.base_config()
-  config.data.name = 'text_files'  # Any name: data.create is patched.
-  config.data.path = 'pair' if head == 'dual_encoder' else 'single'
+  # Names of a pair task and a single-sequence task that read a path (the
+  # config's task follows the name); data_build.create is patched.
+  pair = head == 'dual_encoder'
+  config.data.name = 'aan' if pair else 'pathfinder'
+  config.data.path = 'pair' if pair else 'single'
   config.data.seq_len = SEQ_LEN
   config.model.update(
     head=head,
@@ -127,7 +132,7 @@ def test_classifier_test_accuracy_is_the_best_checkpoints(synthetic, tmp_path):
 
   # Independently: the best checkpoint's predictions on every test example,
   # one example at a time (no batch padding involved).
-  model, _, _ = generate.load_model(workdir, result['best_step'])
+  model, _, _ = workdir_lib.restore_model(workdir, result['best_step'])
   correct = 0
   examples = _examples(11, 2, pair=False)
   for example in examples:
@@ -165,7 +170,7 @@ def test_init_from_missing_directory(synthetic, tmp_path):
   assert not os.path.exists(tmp_path / 'run')
 
 
-def test_forward_picks_the_call_by_batch_keys():
+def test_forward_calls_the_model_with_the_tasks_inputs():
   config = model_lib.default_config()
   config.update(
     head='classifier',
@@ -181,5 +186,7 @@ def test_forward_picks_the_call_by_batch_keys():
   model = model_lib.create_model(config, rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(0), (2, 5), 1, 8)
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-  logits = train.forward(model, {'inputs': tokens, 'mask': mask}, train=False)
+  batch = {'inputs': tokens, 'mask': mask}
+  task = tasks.TASKS['classification']
+  logits = tasks.forward(model, task, batch, train=False)
   np.testing.assert_array_equal(logits, model(tokens, mask))

@@ -18,9 +18,9 @@ import pytest
 from flax import nnx
 
 from configs import common
-from performer import checkpoint as ckpt_lib
 from performer import model as model_lib
-from performer import train, transfer
+from performer import steps, train, transfer
+from performer import workdir as ckpt_lib
 from performer.data import lm
 
 # Step 1 has the lower validation loss: it is the checkpoint to load.
@@ -94,7 +94,7 @@ def source(tmp_path_factory):
     saved[step] = _params(model)
     ckpts.save(
       step,
-      nnx.state(train.TrainState(model, optimizer)),
+      nnx.state(steps.TrainState(model, optimizer)),
       data_iter,
       metadata={'step': step},
       metrics={'loss': loss, 'accuracy': 0.5},
