@@ -19,10 +19,15 @@ q . k / sqrt(D). For a projection with M rows:
     here (`exact_relu_kernel`).
 The attention matrix is the kernel matrix with each row divided by its sum;
 the output is that matrix times the values. A kernel's scale cancels in
-both.
+both. `error_sweep` evaluates a grid of kernels, projections and feature
+counts over independent samples (scripts/approximation_error.py).
 """
 
 import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +36,8 @@ from performer.attention import features
 
 # Kernels whose exact value `exact_kernel` knows.
 EXACT_KERNELS = features.SOFTMAX_KERNELS + ('relu',)
+# The errors `approximation_errors` returns.
+METRICS = ('attention_mse', 'output_mse', 'kernel_mse', 'small_kernel_mse')
 
 
 def exact_softmax_kernel(q_LD: jax.Array, k_SD: jax.Array) -> jax.Array:
@@ -226,3 +233,78 @@ def sample_errors(
   return approximation_errors(
     q_LD, k_LD, v_LD, w_MD, kernel, eps, small_quantile
   )
+
+
+def error_sweep(
+  settings: dict[str, Any], log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+  """Evaluates every (kernel, projection, M) of `settings`; one record each.
+
+  Sample i uses the key fold_in(key(seed), i) for every configuration, so
+  all configurations see the same inputs in a sample (a paired comparison).
+
+  Args:
+    settings: 'kernels', 'projections', 'num_features' (lists), 'samples',
+      'seed', and the keyword arguments of `sample_errors` ('length',
+      'dim', 'qk_std', 'eps', 'small_quantile').
+    log: receives one progress line per configuration.
+
+  Returns:
+    Records with 'kernel', 'projection', 'num_features', 'seconds' and, for
+    each metric of `METRICS`, the fields of `summarize_samples`.
+  """
+  fn = jax.jit(
+    sample_errors,
+    static_argnames=('length', 'dim', 'num_features', 'projection', 'kernel'),
+  )
+  base = jax.random.key(settings['seed'])
+  keys = [jax.random.fold_in(base, i) for i in range(settings['samples'])]
+  shared = {
+    k: settings[k] for k in ('length', 'dim', 'qk_std', 'eps', 'small_quantile')
+  }
+  records = []
+  for kernel in settings['kernels']:
+    for projection in settings['projections']:
+      for m in settings['num_features']:
+        start = time.perf_counter()
+        per_sample = {metric: [] for metric in METRICS}
+        for key in keys:
+          errors = jax.device_get(
+            fn(
+              key,
+              num_features=m,
+              projection=projection,
+              kernel=kernel,
+              **shared,
+            )
+          )
+          for metric in METRICS:
+            per_sample[metric].append(float(errors[metric]))
+        record = {'kernel': kernel, 'projection': projection, 'num_features': m}
+        for metric, values in per_sample.items():
+          record.update(summarize_samples(metric, values))
+        record['seconds'] = time.perf_counter() - start
+        records.append(record)
+        log(
+          f'{kernel} {projection} M={m}: attention_mse '
+          f'{record["attention_mse_mean"]:.3e}, output_mse '
+          f'{record["output_mse_mean"]:.3e} ({record["seconds"]:.1f} s)'
+        )
+  return records
+
+
+def summarize_samples(metric: str, values: list[float]) -> dict[str, Any]:
+  """<metric>_mean, _std (population), _median, _nonfinite and _samples.
+
+  A trigonometric estimate can put a row sum at (or near) zero; such a
+  sample is kept and counted (its value recorded as None), but mean and
+  spread use the finite ones.
+  """
+  finite = [v for v in values if math.isfinite(v)]
+  return {
+    f'{metric}_mean': statistics.fmean(finite) if finite else None,
+    f'{metric}_std': statistics.pstdev(finite) if finite else None,
+    f'{metric}_median': statistics.median(finite) if finite else None,
+    f'{metric}_nonfinite': len(values) - len(finite),
+    f'{metric}_samples': [v if math.isfinite(v) else None for v in values],
+  }

@@ -53,7 +53,7 @@ class _Run:
   task: tasks.Task
   reported: str | None  # The metric derived from the loss, if any.
   start_time: float
-  say: Any = print
+  log: Any = print
 
 
 def train_and_evaluate(
@@ -83,14 +83,14 @@ def train_and_evaluate(
       the checkpoints hold only good steps.
   """
   run = _set_up(config, workdir)
-  par = parallel_lib.Parallel(run.config.parallel)
+  parallelism = parallel_lib.Parallel(run.config.parallel)
   graphdef, state, ckpts, train_iter, start_step = _restore_or_initialize(
-    run, par
+    run, parallelism
   )
   writer = metrics_lib.MetricWriter(run.workdir, start_step)
   try:
     loop = _train(
-      run, par, graphdef, state, ckpts, train_iter, start_step, writer
+      run, parallelism, graphdef, state, ckpts, train_iter, start_step, writer
     )
     if loop.preempted:
       return {
@@ -98,7 +98,7 @@ def train_and_evaluate(
         'preempted': True,
         'checkpoint_dir': ckpts.directory,
       }
-    return _finish(run, par, graphdef, loop, ckpts, writer)
+    return _finish(run, parallelism, graphdef, loop, ckpts, writer)
   finally:
     ckpts.close()
     writer.close()
@@ -144,7 +144,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     task=tasks.get(tasks.task_of(config.data)),
     reported=tasks.reported_metric(config),
     start_time=start_time,
-    say=tqdm.tqdm.write if is_main else lambda _: None,
+    log=tqdm.tqdm.write if is_main else lambda _: None,
   )
 
 
@@ -173,7 +173,7 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
 # 2. Restore or initialize.
 
 
-def _restore_or_initialize(run: _Run, par: parallel_lib.Parallel):
+def _restore_or_initialize(run: _Run, parallelism: parallel_lib.Parallel):
   """The training state: restored, transferred from init_from, or fresh.
 
   Returns:
@@ -193,7 +193,7 @@ def _restore_or_initialize(run: _Run, par: parallel_lib.Parallel):
   tx, _ = optim.make_optimizer(config)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   graphdef, state = nnx.split(steps.TrainState(model, optimizer))
-  state = jax.device_put(state, par.replicated)
+  state = jax.device_put(state, parallelism.replicated)
   del model, optimizer  # The arrays live in `state` from here on.
 
   train_iter = iter(run.datasets.train_loader())
@@ -212,11 +212,11 @@ def _restore_or_initialize(run: _Run, par: parallel_lib.Parallel):
       workdir_lib.config_path(run.workdir), config.to_dict()
     )
   verb = f'Resuming at step {start_step}:' if start_step else 'Training'
-  run.say(
+  run.log(
     f'{verb} {metrics_lib.describe_run(config, state)}; workdir {run.workdir}'
   )
   if transferred is not None:
-    run.say(
+    run.log(
       f'Loaded {transferred["num_params"]} parameters from step '
       f'{transferred["source_step"]} of {config.init_from}'
     )
@@ -234,7 +234,7 @@ def _notice_schedule_change(run: _Run, start_step: int) -> None:
     return
   _, old = optim.make_optimizer(ml_collections.ConfigDict(saved))
   _, new = optim.make_optimizer(config)
-  run.say(
+  run.log(
     f'Notice: num_train_steps changed from {before} to '
     f'{config.num_train_steps}, so the {config.schedule} schedule is '
     f'recomputed: the learning rate at step {start_step} goes from '
@@ -256,7 +256,7 @@ class _LoopEnd:
 
 
 def _train(
-  run, par, graphdef, state, ckpts, train_iter, start_step, writer
+  run, parallelism, graphdef, state, ckpts, train_iter, start_step, writer
 ) -> _LoopEnd:
   """Trains from `start_step` to num_train_steps (or to a SIGTERM)."""
   config = run.config
@@ -265,16 +265,16 @@ def _train(
   keys = run.task.batch_keys
 
   def evaluate(state, split, max_batches):
-    return _evaluate(run, par, graphdef, state, split, max_batches)
+    return _evaluate(run, parallelism, graphdef, state, split, max_batches)
 
   validation = ckpts.metrics(start_step) if start_step else None
   if config.init_from and not start_step:
     # The curve of a transferred model starts right after the swap.
     validation = evaluate(state, 'validation', config.eval_max_batches)
     writer.write(0, 'validation', validation)
-    run.say(metrics_lib.format_line(0, 'validation', validation))
+    run.log(metrics_lib.format_line(0, 'validation', validation))
 
-  train_step = par.train_step(
+  train_step = parallelism.train_step(
     graphdef,
     steps.StepOptions(
       task=run.task,
@@ -283,7 +283,9 @@ def _train(
     ),
   )
   tokens_per_step = config.batch_size * config.data.seq_len * run.task.sequences
-  state = par.put_state(state)  # From here on in the layout of the mode.
+  state = parallelism.put_state(
+    state
+  )  # From here on in the layout of the mode.
   step, train_summary = start_step, {}
   window = []  # Host metrics of the steps since the last log line.
   skipped = []  # Steps skipped for non-finite gradients since then.
@@ -303,14 +305,14 @@ def _train(
     while step < config.num_train_steps:
       batch = {k: v for k, v in next(train_iter).items() if k in keys}
       state, step_metrics = train_step(
-        state, par.train_batch(batch), dropout_key
+        state, parallelism.train_batch(batch), dropout_key
       )
       step += 1
       bar.update(1)
       pending.append((step, step_metrics))
       if step == start_step + 1:
         jax.block_until_ready(step_metrics)
-        run.say(f'First step (compilation included) took {timer.lap():.1f}s')
+        run.log(f'First step (compilation included) took {timer.lap():.1f}s')
         timer.reset()
       timer.count(tokens_per_step)
       last = step == config.num_train_steps
@@ -336,7 +338,7 @@ def _train(
       skipped += skipped_now
       pending = []
       for bad in skipped_now:
-        run.say(f'step {bad}: non-finite gradients; update skipped')
+        run.log(f'step {bad}: non-finite gradients; update skipped')
       if log_now:
         train_summary = (
           metrics_lib.summarize(window, run.reported) if window else {}
@@ -353,16 +355,16 @@ def _train(
             loss=f'{train_summary["loss"]:.3f}',
             tok_s=f'{train_summary["tokens_per_sec"]:.0f}',
           )
-        run.say(metrics_lib.format_line(step, 'train', train_summary))
+        run.log(metrics_lib.format_line(step, 'train', train_summary))
         window, skipped = [], []
         timer.reset()
       if not save_now:
         continue
-      canonical = par.canonical(state)
+      canonical = parallelism.canonical(state)
       if eval_now:
         validation = evaluate(canonical, 'validation', config.eval_max_batches)
         writer.write(step, 'validation', validation)
-        run.say(metrics_lib.format_line(step, 'validation', validation))
+        run.log(metrics_lib.format_line(step, 'validation', validation))
       ckpts.save(
         step,
         canonical,
@@ -374,26 +376,26 @@ def _train(
       timer.reset()  # Evaluation and saving are not training throughput.
       if stop:
         ckpts.wait()
-        run.say(
+        run.log(
           f'Preemption notice (SIGTERM) at step {step}: saved checkpoint '
           f'{os.path.join(ckpts.directory, str(step))}; run the same '
           'command again to resume.'
         )
         return _LoopEnd(step, canonical, train_summary, validation, True)
-  state = par.canonical(state)
+  state = parallelism.canonical(state)
   if validation is None:  # Only when resuming a checkpoint saved unevaluated.
     validation = evaluate(state, 'validation', config.eval_max_batches)
     writer.write(step, 'validation', validation)
   return _LoopEnd(step, state, train_summary, validation)
 
 
-def _evaluate(run, par, graphdef, state, split, max_batches):
+def _evaluate(run, parallelism, graphdef, state, split, max_batches):
   """Metrics of `split` (None when the data has no such split)."""
   if split not in run.datasets.eval_splits:
     return None
   keys = run.task.batch_keys
   batches = (
-    par.global_batch({k: batch[k] for k in keys})
+    parallelism.global_batch({k: batch[k] for k in keys})
     for batch in run.datasets.eval_batches(split, max_batches)
   )
   return steps.evaluate(graphdef, state, run.task, batches, run.reported)
@@ -444,7 +446,7 @@ def _fetch_and_check(
 
 
 def _finish(
-  run, par, graphdef, loop: _LoopEnd, ckpts, writer
+  run, parallelism, graphdef, loop: _LoopEnd, ckpts, writer
 ) -> dict[str, Any]:
   """Tests the best checkpoint, samples from an LM, writes results.json."""
   config = run.config
@@ -454,7 +456,7 @@ def _finish(
   if best_step is not None and best_step != loop.step:
     best_state = ckpts.restore(best_step, workdir_lib.abstract(loop.state))
   test = _evaluate(
-    run, par, graphdef, best_state, 'test', config.test_max_batches
+    run, parallelism, graphdef, best_state, 'test', config.test_max_batches
   )
   if test is not None:
     writer.write(loop.step, 'test', test)
@@ -481,5 +483,5 @@ def _finish(
   result['wall_time_sec'] = time.perf_counter() - run.start_time
   if jax.process_index() == 0:
     workdir_lib.write_json(workdir_lib.results_path(run.workdir), result)
-  run.say(metrics_lib.final_report(result, run.reported))
+  run.log(metrics_lib.final_report(result, run.reported))
   return result

@@ -3,7 +3,7 @@ r"""Approximation error of random-feature attention (Performer paper, Fig. 4).
 For each kernel, projection and number of random features M, and for each of
 --samples independent draws of inputs and projection, the script computes the
 exact and the estimated attention with dense L x L matrices and records the
-mean squared errors (`performer.approximation.approximation_errors`):
+mean squared errors (`performer.approximation.error_sweep`):
 
   attention_mse: of the row-normalized attention matrix D^-1 K.
   output_mse: of the attention output D^-1 K V (the paper's Fig. 4 plots
@@ -47,29 +47,21 @@ Paper setup (13 minutes on 2 CPU cores shared with other jobs):
 
 import argparse
 import math
-import statistics
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-
-from performer import approximation
-from performer import benchmark as bench
+from performer import approximation, workdir
 from performer.attention import features
+from performer.bench import flags, plots, report, timing
 
-METRICS = ('attention_mse', 'output_mse', 'kernel_mse', 'small_kernel_mse')
 # The metrics drawn in the PNG, one column each.
 PLOTTED = ('attention_mse', 'output_mse', 'small_kernel_mse')
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The command-line interface."""
-  p = argparse.ArgumentParser(
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = flags.new_parser(__doc__)
   p.add_argument('--length', type=int, default=4096, help='L (= S).')
   p.add_argument('--dim', type=int, default=16, help='D, the head dim.')
   p.add_argument(
@@ -109,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     help='fraction of smallest exact kernel values for small_kernel_mse.',
   )
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--json', default=None, help='write the results here.')
-  p.add_argument('--png', default=None, help='write the plot here.')
+  flags.add_output_flags(p, ('json', 'png'))
   return p
 
 
@@ -121,25 +112,23 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     ValueError: naming the bad value and the valid ones.
   """
   for flag in ('length', 'dim', 'samples'):
-    _positive_int(getattr(args, flag), f'--{flag}')
+    flags.positive_int(getattr(args, flag), f'--{flag}')
   num_features = [
-    _positive_int(x, '--num_features')
-    for x in _split(args.num_features, '--num_features')
+    flags.positive_int(x, '--num_features')
+    for x in flags.split_list(args.num_features, '--num_features')
   ]
-  kernels = _split(args.kernels, '--kernels')
-  for kernel in kernels:
-    if kernel not in approximation.EXACT_KERNELS:
-      raise ValueError(
-        f'--kernels: unknown kernel {kernel!r}; valid: '
-        f'{list(approximation.EXACT_KERNELS)}'
-      )
-  projections = _split(args.projections, '--projections')
-  for projection in projections:
-    if projection not in features.PROJECTIONS:
-      raise ValueError(
-        f'--projections: unknown projection {projection!r}; valid: '
-        f'{list(features.PROJECTIONS)}'
-      )
+  kernels = flags.check_choices(
+    flags.split_list(args.kernels, '--kernels'),
+    approximation.EXACT_KERNELS,
+    '--kernels',
+    'kernel',
+  )
+  projections = flags.check_choices(
+    flags.split_list(args.projections, '--projections'),
+    features.PROJECTIONS,
+    '--projections',
+    'projection',
+  )
   if not (math.isfinite(args.qk_std) and args.qk_std > 0):
     raise ValueError(f'--qk_std must be a positive number, got {args.qk_std}')
   if not (math.isfinite(args.eps) and args.eps >= 0):
@@ -162,66 +151,6 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
   }
 
 
-def run(settings: dict[str, Any]) -> list[dict[str, Any]]:
-  """Evaluates every (kernel, projection, M); one record each.
-
-  Sample i uses the key fold_in(key(seed), i) for every configuration, so
-  all configurations see the same inputs in a sample.
-  """
-  fn = jax.jit(
-    approximation.sample_errors,
-    static_argnames=('length', 'dim', 'num_features', 'projection', 'kernel'),
-  )
-  base = jax.random.key(settings['seed'])
-  keys = [jax.random.fold_in(base, i) for i in range(settings['samples'])]
-  records = []
-  for kernel in settings['kernels']:
-    for projection in settings['projections']:
-      for m in settings['num_features']:
-        start = time.perf_counter()
-        per_sample = {metric: [] for metric in METRICS}
-        for key in keys:
-          errors = jax.device_get(
-            fn(
-              key,
-              length=settings['length'],
-              dim=settings['dim'],
-              num_features=m,
-              projection=projection,
-              kernel=kernel,
-              qk_std=settings['qk_std'],
-              eps=settings['eps'],
-              small_quantile=settings['small_quantile'],
-            )
-          )
-          for metric in METRICS:
-            per_sample[metric].append(float(errors[metric]))
-        record = {'kernel': kernel, 'projection': projection, 'num_features': m}
-        for metric, values in per_sample.items():
-          record.update(_summarize(metric, values))
-        record['seconds'] = time.perf_counter() - start
-        records.append(record)
-        _log(
-          f'{kernel} {projection} M={m}: attention_mse '
-          f'{record["attention_mse_mean"]:.3e}, output_mse '
-          f'{record["output_mse_mean"]:.3e} ({record["seconds"]:.1f} s)'
-        )
-  return records
-
-
-def _summarize(metric: str, values: list[float]) -> dict[str, Any]:
-  finite = [v for v in values if math.isfinite(v)]
-  # A trigonometric estimate can put a row sum at (or near) zero; such a
-  # sample is kept and counted, but mean and spread use the finite ones.
-  return {
-    f'{metric}_mean': statistics.fmean(finite) if finite else None,
-    f'{metric}_std': statistics.pstdev(finite) if finite else None,
-    f'{metric}_median': statistics.median(finite) if finite else None,
-    f'{metric}_nonfinite': len(values) - len(finite),
-    f'{metric}_samples': [v if math.isfinite(v) else None for v in values],
-  }
-
-
 def table(records: Sequence[dict[str, Any]]) -> str:
   """Mean (and std) of the attention and output MSE as markdown."""
   columns = [
@@ -232,18 +161,14 @@ def table(records: Sequence[dict[str, Any]]) -> str:
   for metric in ('attention_mse', 'output_mse', 'small_kernel_mse'):
     columns.append((f'{metric}_mean', f'{metric} mean', _fmt))
     columns.append((f'{metric}_std', 'std', _fmt))
-  return bench.markdown_table(records, columns)
+  return report.markdown_table(records, columns)
 
 
 def plot(
   records: Sequence[dict[str, Any]], settings: dict[str, Any], path: str
 ) -> None:
   """Mean error versus M with +-1 std error bars; a row per kernel family."""
-  import matplotlib
-
-  matplotlib.use('Agg')  # Headless: no display on servers.
-  import matplotlib.pyplot as plt
-
+  plt = plots.pyplot()
   rows = [
     ('vs exact softmax', [k for k in settings['kernels'] if k != 'relu']),
     (
@@ -293,59 +218,30 @@ def plot(
     'mean +- 1 std',
     fontsize='medium',
   )
-  fig.tight_layout()
-  bench.ensure_parent(path)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Parses flags, runs, writes the outputs; returns the JSON object."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  try:
-    settings = validate(args)
-  except ValueError as e:
-    parser.error(str(e))  # Exits with status 2 and the usage line.
+  args, settings = flags.parse(build_parser(), argv, validate)
   start = time.perf_counter()
-  records = run(settings)
+  records = approximation.error_sweep(settings, log=report.log)
   result = {
     'settings': settings,
-    **bench.device_info(),
+    **timing.device_info(),
     'seconds': time.perf_counter() - start,
     'records': records,
   }
   if args.json:
-    bench.write_json(args.json, result)
+    workdir.write_json(args.json, result)
   if args.png:
     plot(records, settings, args.png)
   print(table(records))
   return result
 
 
-def _split(text: str, flag: str) -> list[str]:
-  items = [x.strip() for x in str(text).split(',')]
-  if any(not x for x in items):
-    raise ValueError(f'{flag}: expected a comma-separated list, got {text!r}')
-  return items
-
-
-def _positive_int(value, flag: str) -> int:
-  try:
-    number = int(str(value).strip())
-  except ValueError:
-    number = None
-  if number is None or number <= 0:
-    raise ValueError(f'{flag}: {value!r} is not a positive integer')
-  return number
-
-
 def _fmt(x: float | None) -> str:
   return '-' if x is None else f'{x:.2e}'
-
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':

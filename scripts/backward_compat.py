@@ -24,29 +24,20 @@ A finished run (one with results.json) is reused, not trained again; an
 interrupted one resumes.
 """
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import plot_curves  # noqa: E402  (the scripts directory, added above)
-
-from configs import lm_backward_compat  # noqa: E402
-
-RESULTS_FILE = 'results.json'
-
-
-def _finished(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, RESULTS_FILE))
+from configs import lm_backward_compat
+from performer import workdir as workdir_lib
+from performer.bench import curves as curves_lib
+from performer.bench import flags
 
 
 def _train(arg: str, workdir: str) -> None:
   """Trains config lm_backward_compat:`arg` in `workdir` unless finished."""
-  if _finished(workdir):
+  if workdir_lib.read_results(workdir) is not None:
     print(f'reusing the finished run in {workdir}')
     return
   from performer import train  # Imported late: --help stays fast.
@@ -56,57 +47,8 @@ def _train(arg: str, workdir: str) -> None:
   train.train_and_evaluate(config, workdir)
 
 
-def recovery_step(
-  steps: Sequence[int],
-  values: Sequence[float],
-  target: float,
-  higher_is_better: bool = True,
-) -> int | None:
-  """The first step whose value reaches `target`, or None."""
-  for step, value in zip(steps, values, strict=True):
-    if (value >= target) if higher_is_better else (value <= target):
-      return step
-  return None
-
-
-def summarize(pretrained: str, finetuned: str, metric: str) -> dict:
-  """Numbers of the experiment from the two workdirs' metrics."""
-  soft_steps, soft_values = plot_curves.load_curve(pretrained, metric)
-  fav_steps, fav_values = plot_curves.load_curve(finetuned, metric)
-  if fav_steps[0] != 0:
-    raise ValueError(
-      f'{finetuned} has no step-0 evaluation: it was not started with '
-      'init_from (or by a trainer without the transfer hook)'
-    )
-  higher = metric == 'accuracy'  # Loss, perplexity, bits: lower is better.
-  best = max if higher else min
-  reference = best(soft_values)
-
-  def reaches(fraction: float) -> int | None:
-    target = reference * (fraction if higher else 2 - fraction)
-    return recovery_step(fav_steps, fav_values, target, higher)
-
-  return {
-    'metric': metric,
-    'softmax_steps': soft_steps[-1],
-    'softmax_best': reference,
-    'softmax_final': soft_values[-1],
-    'favor_after_swap': fav_values[0],
-    'favor_final': fav_values[-1],
-    'favor_best': best(fav_values),
-    'finetune_steps': fav_steps[-1],
-    # First fine-tuning step within 1% and 5% (relative) of the softmax
-    # model's best validation value.
-    'favor_reaches_99pct_step': reaches(0.99),
-    'favor_reaches_95pct_step': reaches(0.95),
-  }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split('\n\n')[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  parser = flags.new_parser(__doc__.split('\n\n')[0])
   parser.add_argument('--root', default='/tmp/backward_compat')
   parser.add_argument(
     '--pretrained',
@@ -141,26 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   _train(arg, finetuned)
 
   try:
-    summary = summarize(pretrained, finetuned, args.metric)
-    curves = []
-    for label, workdir, style in (
-      ('softmax Transformer (from scratch)', pretrained, '-'),
-      ('FAVOR+ from the softmax weights', finetuned, '-'),
-    ):
-      steps, values = plot_curves.load_curve(workdir, args.metric)
-      curves.append(
-        {
-          'label': label,
-          'workdir': workdir,
-          'steps': steps,
-          'values': values,
-          'style': style,
-        }
-      )
+    summary = curves_lib.transfer_summary(pretrained, finetuned, args.metric)
+    curves = curves_lib.curves_of(
+      [
+        ('softmax Transformer (from scratch)', pretrained),
+        ('FAVOR+ from the softmax weights', finetuned),
+      ],
+      args.metric,
+    )
   except (FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1
-  record = plot_curves.plot_curves(
+  record = curves_lib.plot_curves(
     curves,
     metric=args.metric,
     split='validation',
@@ -169,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   record['summary'] = summary
   if args.json:
-    plot_curves.bench.write_json(args.json, record)
+    workdir_lib.write_json(args.json, record)
   print(json.dumps(summary, indent=1))
   print(
     f'{args.metric} right after the swap: {summary["favor_after_swap"]:.4f} '
@@ -177,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f'{summary["finetune_steps"]} fine-tuning steps: '
     f'{summary["favor_final"]:.4f}'
   )
-  print(f'wrote {args.png}' + (f' and {args.json}' if args.json else ''))
+  print(curves_lib.written(args.png, args.json))
   return 0
 
 

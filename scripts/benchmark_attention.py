@@ -21,29 +21,21 @@ What is measured:
     sum over the modes run.
   *_peak_bytes: XLA's static estimate for the compiled program,
       argument_size + output_size + temp_size - alias_size
-    from `compiled.memory_analysis()` (performer/benchmark.py explains why;
-    the raw fields are kept in *_memory). peak_bytes is the fwd_bwd one.
+    from `compiled.memory_analysis()` (performer/bench/timing.py explains
+    why; the raw fields are kept in *_memory). peak_bytes is the fwd_bwd
+    one.
     --max_peak_gib is checked against this estimate before running; its
     default is the accelerator's allocator limit, or 80% of RAM on a CPU.
 
-FLOPs (--flops), with B batch, H heads, L length, D head_dim, M the
-feature dimension (num_features; twice that for the 'softmax_trig' kernel,
-a sin and a cos per random row; head_dim for projection='none'), C
-chunk_size:
-  favor_bidirectional (favor without causal, and favor_scan, whose per-token
-    prefix scan does the same products), forward: 2BHLMD for each of the q
-    and k feature maps, 2BHLMD for the M x D key-value summary, 2BHLMD for
-    the output and 4BHLM for the normalizer: 8BHLMD + 4BHLM.
-  favor_chunked (causal favor), forward: the same plus the masked C x C
-    products inside each chunk, 2BHLCM + 2BHLCD (C capped at L).
-  softmax_dense, forward: 4BHL^2D (QK^T and PV; XLA computes the masked
-    causal product in full too).
-  fwd_bwd: 3x the forward (the backward pass costs about twice the forward).
-  The record names its formula (flops_model) and M (feature_dim). Achieved
-  GFLOP/s is the count over the median time; with --matmul_peak it is also
-  given as a fraction of the rate of a large dense matmul (--matmul_size,
-  in --dtype) on the same device. XLA's own count is kept as *_xla_flops
-  for comparison. Variants without a formula get null FLOP fields.
+FLOPs (--flops): the formulas of performer/bench/flops.py (favor_chunked
+for causal favor with chunks, favor_bidirectional for the rest of favor and
+favor_scan, softmax_dense for softmax; fwd_bwd is 3x the forward). The
+record names its formula (flops_model) and its feature dimension M
+(feature_dim). Achieved GFLOP/s is the count over the median time; with
+--matmul_peak it is also given as a fraction of the rate of a large dense
+matmul (--matmul_size, in --dtype) on the same device. XLA's own count is
+kept as *_xla_flops for comparison. Variants without a formula get null
+FLOP fields.
 
 Outputs: a JSON list of records (--json), a PNG with, per causal mode, time
 versus length for each mode and peak memory versus length, log-log, one line
@@ -66,11 +58,8 @@ GPU with another --json/--png/--markdown):
 """
 
 import argparse
-import ast
 import dataclasses
-import gc
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,14 +68,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from performer import attention
-from performer import benchmark as bench
+from performer.bench import flags, flops, grid, plots, report, timing
+from performer.model import DTYPES
 
 MODES = ('fwd', 'fwd_bwd')
-DTYPES = {
-  'float32': jnp.float32,
-  'bfloat16': jnp.bfloat16,
-  'float16': jnp.float16,
-}
+_MODE_TITLES = {'fwd': 'fwd', 'fwd_bwd': 'fwd+bwd'}
 # Command-line flags that set the option of the same name, for the variants
 # that accept it (attention.options(name)); --option overrides them.
 GENERIC_OPTIONS = ('num_features', 'window', 'block_size')
@@ -122,10 +108,7 @@ class Plan:
 
 def build_parser() -> argparse.ArgumentParser:
   """The command-line interface."""
-  p = argparse.ArgumentParser(
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = flags.new_parser(__doc__)
   p.add_argument(
     '--variants',
     default='all',
@@ -180,13 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     help='skip lengths above N for VARIANT, e.g. softmax=8192 (repeatable '
     'or comma-separated).',
   )
-  p.add_argument(
-    '--max_peak_gib',
-    type=float,
-    default=None,
-    help='skip configs whose estimated peak memory exceeds this many GiB '
-    '(default: the device limit, or 80%% of RAM on a CPU; inf: no limit).',
-  )
+  flags.add_memory_budget_flag(p)
   p.add_argument(
     '--flops',
     action='store_true',
@@ -198,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     help='measure a large dense matmul to report FLOP/s as a fraction.',
   )
   p.add_argument('--matmul_size', type=int, default=4096)
-  p.add_argument('--json', default=None, help='write the records here.')
-  p.add_argument('--png', default=None, help='write the plot here.')
-  p.add_argument('--markdown', default=None, help='write the table here.')
+  flags.add_output_flags(p, ('json', 'png', 'markdown'))
   return p
 
 
@@ -218,29 +193,23 @@ def make_plan(args: argparse.Namespace) -> Plan:
       list), for any invalid flag.
   """
   registered = attention.names()
-  variants = _split(args.variants, '--variants')
+  variants = flags.split_list(args.variants, '--variants')
   if variants == ['all']:
     variants = registered
-  for name in variants:
-    if name not in registered:
-      raise ValueError(
-        f'--variants: unknown attention variant {name!r}; registered '
-        f'variants: {registered}'
-      )
-  lengths = [_positive_int(x, '--lengths') for x in _split(args.lengths)]
-  modes = _split(args.mode, '--mode')
-  for mode in modes:
-    if mode not in MODES:
-      raise ValueError(f'--mode: unknown mode {mode!r}; valid: {list(MODES)}')
+  flags.check_choices(variants, registered, '--variants', 'attention variant')
+  lengths = [
+    flags.positive_int(x, '--lengths')
+    for x in flags.split_list(args.lengths, '--lengths')
+  ]
+  modes = flags.check_choices(
+    flags.split_list(args.mode, '--mode'), MODES, '--mode', 'mode'
+  )
   causal = {'both': [False, True], 'true': [True], 'false': [False]}
-  if args.causal not in causal:
-    raise ValueError(f'--causal must be one of {sorted(causal)}')
-  if args.dtype not in DTYPES:
-    raise ValueError(f'--dtype: unknown {args.dtype!r}; valid: {list(DTYPES)}')
+  flags.check_choices([args.causal], causal, '--causal')
+  flags.check_choices([args.dtype], DTYPES, '--dtype', 'dtype')
   for flag in ('batch', 'heads', 'head_dim', 'repeats', 'matmul_size'):
-    _positive_int(getattr(args, flag), f'--{flag}')
-  if isinstance(args.warmup, bool) or args.warmup < 0:
-    raise ValueError(f'--warmup must be >= 0, got {args.warmup!r}')
+    flags.positive_int(getattr(args, flag), f'--{flag}')
+  flags.non_negative_int(args.warmup, '--warmup')
 
   overrides = _parse_option_flags(args.option, registered)
   options = {}
@@ -285,21 +254,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     name, sep, value = item.strip().partition('=')
     if not sep:
       raise ValueError(f'--max_length expects VARIANT=N, got {item!r}')
-    if name not in registered:
-      raise ValueError(
-        f'--max_length: unknown attention variant {name!r}; registered '
-        f'variants: {registered}'
-      )
-    max_length[name] = _positive_int(value, '--max_length')
-
-  if args.max_peak_gib is None:
-    budget = bench.memory_budget_bytes()
-  elif math.isnan(args.max_peak_gib) or args.max_peak_gib <= 0:
-    raise ValueError(f'--max_peak_gib must be > 0, got {args.max_peak_gib}')
-  elif math.isinf(args.max_peak_gib):
-    budget = None
-  else:
-    budget = int(args.max_peak_gib * bench.GIB)
+    flags.check_choices([name], registered, '--max_length', 'attention variant')
+    max_length[name] = flags.positive_int(value, '--max_length')
 
   return Plan(
     variants=variants,
@@ -316,7 +272,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     options=options,
     unsupported=unsupported,
     max_length=max_length,
-    budget_bytes=budget,
+    budget_bytes=flags.memory_budget(args.max_peak_gib),
     flops=args.flops,
     matmul_peak=args.matmul_peak,
     matmul_size=args.matmul_size,
@@ -349,16 +305,16 @@ def execute(
     on_record: called with the records so far after each config, so that a
       long run stopped part-way keeps what it measured.
   """
-  info = bench.device_info()
+  info = timing.device_info()
   peak = None
   if plan.matmul_peak:
-    peak = bench.matmul_peak(
+    peak = timing.matmul_peak(
       plan.matmul_size,
       DTYPES[plan.dtype],
       warmup=plan.warmup,
       repeats=plan.repeats,
     )
-    bench.log(
+    report.log(
       f'matmul peak: {peak["gflops_per_s"]:.1f} GFLOP/s '
       f'({peak["size"]}^3, {peak["dtype"]})'
     )
@@ -368,14 +324,12 @@ def execute(
     for causal in plan.causal
     for length in plan.lengths
   ]
-  records = []
-  for i, (name, causal, length) in enumerate(configs):
-    record = benchmark_config(plan, name, causal, length, info, peak)
-    records.append(record)
-    bench.log(f'[{i + 1}/{len(configs)}] {_summary(record)}')
-    if on_record is not None:
-      on_record(records)
-  return records
+  return grid.execute(
+    configs,
+    lambda config, _: benchmark_config(plan, *config, info, peak),
+    describe=_progress,
+    on_record=on_record,
+  )
 
 
 def benchmark_config(
@@ -393,8 +347,8 @@ def benchmark_config(
     name: the variant.
     causal: causal or bidirectional.
     length: the sequence length.
-    info: `bench.device_info()`, copied into the record.
-    matmul: the `bench.matmul_peak` result, or None.
+    info: `timing.device_info()`, copied into the record.
+    matmul: the `timing.matmul_peak` result, or None.
 
   Returns:
     The record (see the module docstring).
@@ -494,57 +448,53 @@ def _run_modes(
     jax.block_until_ready((q, k, v))
   except Exception as e:  # noqa: BLE001 - recorded, the run goes on.
     for mode in plan.modes:
-      record[f'{mode}_status'] = _error_status(e)
-    reasons.append(f'setup: {bench.describe_error(e)}')
+      record[f'{mode}_status'] = timing.failure_status(e)
+    reasons.append(f'setup: {timing.describe_error(e)}')
     return
 
-  flops_model = _flops_model(name, causal, resolved) if plan.flops else None
-  record['flops_model'] = flops_model
-  if flops_model and flops_model.startswith('favor'):
-    record['feature_dim'] = feature_dim(resolved, plan.head_dim)
+  model = flops.flops_model(name, causal, resolved) if plan.flops else None
+  record['flops_model'] = model
+  if model and model.startswith('favor'):
+    record['feature_dim'] = flops.feature_dim(resolved, plan.head_dim)
   fns = {
     'fwd': _forward_fn(graphdef),
     'fwd_bwd': _forward_backward_fn(graphdef),
   }
   for mode in plan.modes:
-    compiled = None
-    try:
-      compiled, compile_s = bench.compile_timed(fns[mode], state, q, k, v)
-      record[f'{mode}_compile_s'] = compile_s
-      stats = bench.memory_stats(compiled)
-      record[f'{mode}_memory'] = stats
-      record[f'{mode}_peak_bytes'] = stats['peak_bytes']
-      if plan.flops:
-        record[f'{mode}_xla_flops'] = bench.cost_flops(compiled)
-      budget = plan.budget_bytes
-      if budget is not None and (stats['peak_bytes'] or 0) > budget:
-        record[f'{mode}_status'] = 'skipped'
-        reasons.append(
-          f'{mode}: estimated peak {bench.format_bytes(stats["peak_bytes"])} '
-          f'exceeds the budget {bench.format_bytes(budget)} (--max_peak_gib)'
-        )
-        continue
-      timing = bench.time_executable(
-        compiled, state, q, k, v, warmup=plan.warmup, repeats=plan.repeats
+    result = timing.measure_compiled(
+      lambda mode=mode: (fns[mode], (state, q, k, v)),
+      budget_bytes=plan.budget_bytes,
+      warmup=plan.warmup,
+      repeats=plan.repeats,
+      xla_flops=plan.flops,
+    )
+    record[f'{mode}_status'] = result['status']
+    record[f'{mode}_compile_s'] = result['compile_s']
+    record[f'{mode}_memory'] = result['memory']
+    record[f'{mode}_peak_bytes'] = result['peak_bytes']
+    if plan.flops:
+      record[f'{mode}_xla_flops'] = result['xla_flops']
+    if result['reason']:
+      reasons.append(f'{mode}: {result["reason"]}')
+    if result['status'] != 'ok':
+      continue
+    record[f'{mode}_ms'] = 1e3 * result['median_s']
+    record[f'{mode}_ms_min'] = 1e3 * result['min_s']
+    if model:
+      forward = flops.forward_flops(
+        model,
+        batch=plan.batch,
+        heads=plan.heads,
+        length=length,
+        head_dim=plan.head_dim,
+        options=resolved,
       )
-      record[f'{mode}_ms'] = 1e3 * timing['median_s']
-      record[f'{mode}_ms_min'] = 1e3 * timing['min_s']
-      record[f'{mode}_status'] = 'ok'
-      if flops_model:
-        fwd_flops = _forward_flops(flops_model, plan, length, resolved)
-        flops = fwd_flops if mode == 'fwd' else 3 * fwd_flops
-        rate = flops / timing['median_s'] / 1e9
-        record[f'{mode}_flops'] = flops
-        record[f'{mode}_gflops_per_s'] = rate
-        if matmul:
-          record[f'{mode}_peak_fraction'] = rate / matmul['gflops_per_s']
-    except Exception as e:  # noqa: BLE001 - recorded, the run goes on.
-      record[f'{mode}_status'] = _error_status(e)
-      reasons.append(f'{mode}: {bench.describe_error(e)}')
-    finally:
-      # Free the executable's buffers before the next, larger program.
-      del compiled
-      gc.collect()
+      count = forward if mode == 'fwd' else flops.FWD_BWD_FACTOR * forward
+      rate = count / result['median_s'] / 1e9
+      record[f'{mode}_flops'] = count
+      record[f'{mode}_gflops_per_s'] = rate
+      if matmul:
+        record[f'{mode}_peak_fraction'] = rate / matmul['gflops_per_s']
 
 
 def _forward_fn(graphdef):
@@ -565,80 +515,17 @@ def _forward_backward_fn(graphdef):
   return fwd_bwd
 
 
-def _flops_model(name: str, causal: bool, options: dict) -> str | None:
-  """Which FLOP formula of the module docstring applies, if any."""
-  if name == 'softmax':
-    return 'softmax_dense'
-  if name in ('favor', 'favor_scan') and options.get('num_features'):
-    if name == 'favor' and causal and options.get('chunk_size'):
-      return 'favor_chunked'
-    return 'favor_bidirectional'
-  return None
-
-
-def favor_flops(
-  b: int,
-  h: int,
-  l: int,
-  m: int,
-  d: int,
-  *,
-  chunk_size: int | None = None,
-) -> int:
-  """Forward FLOPs of FAVOR+ (see the module docstring).
-
-  Args:
-    b: batch.
-    h: heads.
-    l: length.
-    m: random features.
-    d: head dim.
-    chunk_size: the causal chunk C, or None for bidirectional attention
-      (or a prefix scan, which has no intra-chunk products).
-
-  Returns:
-    8BHLMD + 4BHLM, plus 2BHLCM + 2BHLCD when chunked.
-  """
-  flops = 8 * b * h * l * m * d + 4 * b * h * l * m
-  if chunk_size:
-    c = min(chunk_size, l)
-    flops += 2 * b * h * l * c * m + 2 * b * h * l * c * d
-  return flops
-
-
-def softmax_flops(b: int, h: int, l: int, d: int) -> int:
-  """Forward FLOPs of dense softmax attention: 4BHL^2D."""
-  return 4 * b * h * l * l * d
-
-
-def _forward_flops(model: str, plan: Plan, length: int, options: dict) -> int:
-  b, h, d = plan.batch, plan.heads, plan.head_dim
-  if model == 'softmax_dense':
-    return softmax_flops(b, h, length, d)
-  chunk = options['chunk_size'] if model == 'favor_chunked' else None
-  m = feature_dim(options, d)
-  return favor_flops(b, h, length, m, d, chunk_size=chunk)
-
-
-def feature_dim(options: dict, head_dim: int) -> int:
-  """M of the FLOP formula: the FAVOR+ feature dimension for `options`."""
-  if options.get('projection') == 'none':
-    return head_dim
-  m = options['num_features']
-  return 2 * m if options.get('kernel') == 'softmax_trig' else m
-
-
 def markdown(records: Sequence[dict[str, Any]]) -> str:
   """The results as markdown: a context line, a table, then any reasons."""
   if not records:
     return 'No configs were run.\n'
   first = records[0]
   lines = [
-    f'Device: {first["device_kind"]} ({first["backend"]}), jax '
-    f'{first["jax_version"]}, {first["dtype"]}, batch {first["batch"]}, '
-    f'{first["heads"]} heads, head_dim {first["head_dim"]}; median of '
-    f'{first["repeats"]} calls after {first["warmup"]} warm-up; peak memory '
-    "is XLA's estimate for the compiled program.",
+    f'{report.device_line(first)}, {first["dtype"]}, batch '
+    f'{first["batch"]}, {first["heads"]} heads, head_dim '
+    f'{first["head_dim"]}; median of {first["repeats"]} calls after '
+    f"{first['warmup']} warm-up; peak memory is XLA's estimate for the "
+    'compiled program.',
     '',
   ]
   seen = {}
@@ -657,10 +544,10 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
     ('variant', 'variant', str),
     ('causal', 'causal', lambda c: 'yes' if c else 'no'),
     ('length', 'L', str),
-    ('fwd_ms', 'fwd ms', bench.format_ms),
-    ('fwd_bwd_ms', 'fwd+bwd ms', bench.format_ms),
-    ('fwd_peak_bytes', 'fwd peak', bench.format_bytes),
-    ('peak_bytes', 'fwd+bwd peak', bench.format_bytes),
+    ('fwd_ms', 'fwd ms', report.format_ms),
+    ('fwd_bwd_ms', 'fwd+bwd ms', report.format_ms),
+    ('fwd_peak_bytes', 'fwd peak', report.format_bytes),
+    ('peak_bytes', 'fwd+bwd peak', report.format_bytes),
     ('compile_s', 'compile s', lambda s: '-' if s is None else f'{s:.2f}'),
   ]
   if any(r.get('flops_model') for r in records):
@@ -668,16 +555,10 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
   if any(r.get('fwd_bwd_peak_fraction') for r in records):
     columns.append(('fwd_bwd_peak_fraction', 'of matmul peak', _fmt_fraction))
   columns.append(('status', 'status', str))
-  lines.append(bench.markdown_table(records, columns).rstrip('\n'))
-  notes = [r for r in records if r['reason']]
+  lines.append(report.markdown_table(records, columns).rstrip('\n'))
+  notes = report.reason_notes(records, _head)
   if notes:
-    lines.append('')
-    for r in notes:
-      causal = 'causal' if r['causal'] else 'bidirectional'
-      lines.append(
-        f'- {r["variant"]} {causal} L={r["length"]}: {r["status"]}, '
-        f'{r["reason"]}'
-      )
+    lines += ['', *notes]
   return '\n'.join(lines).rstrip('\n') + '\n'
 
 
@@ -686,11 +567,11 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
   modes = [m for m in MODES if any(r[f'{m}_status'] for r in records)]
   mem_mode = 'fwd_bwd' if 'fwd_bwd' in modes else (modes or ['fwd'])[0]
   panels = [
-    bench.Panel(f'{m}_ms', f'{m}_status', f'{_MODE_TITLES[m]} time (ms)')
+    plots.Panel(f'{m}_ms', f'{m}_status', f'{_MODE_TITLES[m]} time (ms)')
     for m in modes
   ]
   panels.append(
-    bench.Panel(
+    plots.Panel(
       f'{mem_mode}_peak_bytes',
       f'{mem_mode}_status',
       f'{_MODE_TITLES[mem_mode]} peak memory (MiB)',
@@ -699,7 +580,7 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
     )
   )
   first = records[0] if records else {}
-  bench.plot_scaling(
+  plots.plot_scaling(
     records,
     path,
     panels=panels,
@@ -724,27 +605,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   Returns:
     The records.
   """
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  try:
-    plan = make_plan(args)
-  except ValueError as e:
-    parser.error(str(e))  # Exits with status 2 and the usage line.
-  # The JSON is rewritten after every config: a run stopped part-way (hours
-  # at long lengths on a CPU) keeps every record it finished.
-  save = (lambda rs: bench.write_json(args.json, rs)) if args.json else None
-  records = execute(plan, on_record=save)
-  bench.report(
-    records,
-    markdown(records),
-    png_path=args.png,
-    markdown_path=args.markdown,
+  return grid.run_benchmark(
+    build_parser(),
+    argv,
+    make_plan=make_plan,
+    execute=execute,
+    markdown=markdown,
     plot=plot,
   )
-  return records
-
-
-_MODE_TITLES = {'fwd': 'fwd', 'fwd_bwd': 'fwd+bwd'}
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -783,66 +651,19 @@ def _parse_option_flags(
     name, dot, key = target.partition('.')
     if not sep or not dot or not name or not key:
       raise ValueError(f'--option expects VARIANT.KEY=VALUE, got {item!r}')
-    if name not in registered:
-      raise ValueError(
-        f'--option: unknown attention variant {name!r}; registered '
-        f'variants: {list(registered)}'
-      )
-    overrides.setdefault(name, {})[key] = _parse_value(text)
+    flags.check_choices([name], registered, '--option', 'attention variant')
+    overrides.setdefault(name, {})[key] = flags.parse_value(text)
   return overrides
 
 
-def _parse_value(text: str) -> Any:
-  lowered = text.strip().lower()
-  if lowered in ('true', 'false'):
-    return lowered == 'true'
-  if lowered == 'none':
-    return None
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text  # A bare word such as relu.
-
-
-def _split(text: str, flag: str = '--lengths') -> list[str]:
-  items = [x.strip() for x in str(text).split(',')]
-  if not items or any(not x for x in items):
-    raise ValueError(f'{flag}: expected a comma-separated list, got {text!r}')
-  return items
-
-
-def _positive_int(value, flag: str) -> int:
-  """`value` (an int or its text) as a positive int, else a ValueError."""
-  if isinstance(value, bool):
-    number = None
-  elif isinstance(value, int):
-    number = value
-  else:
-    try:
-      number = int(str(value).strip())
-    except ValueError:
-      number = None
-  if number is None or number <= 0:
-    raise ValueError(f'{flag}: {value!r} is not a positive integer')
-  return number
-
-
-def _error_status(error: BaseException) -> str:
-  return 'oom' if bench.is_out_of_memory(error) else 'error'
-
-
-def _summary(record: dict[str, Any]) -> str:
+def _head(record: dict[str, Any]) -> str:
   causal = 'causal' if record['causal'] else 'bidirectional'
-  parts = [f'{record["variant"]} {causal} L={record["length"]}']
-  for mode in MODES:
-    if record[f'{mode}_ms'] is not None:
-      parts.append(f'{mode} {bench.format_ms(record[f"{mode}_ms"])} ms')
-  if record['peak_bytes'] is not None:
-    parts.append(f'peak {bench.format_bytes(record["peak_bytes"])}')
-  parts.append(record['status'])
-  if record['reason']:
-    parts.append(record['reason'])
-  return ', '.join(parts)
+  return f'{record["variant"]} {causal} L={record["length"]}'
+
+
+def _progress(record: dict[str, Any]) -> str:
+  times = [(mode, record[f'{mode}_ms']) for mode in MODES]
+  return report.progress_line(_head(record), times, record)
 
 
 def _fmt_rate(rate: float | None) -> str:

@@ -22,27 +22,24 @@ the cost per token is (FAVOR+: constant state; softmax: a KV cache whose
 attended prefix grows with the position).
 """
 
-import os
 import statistics
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from performer import benchmark  # noqa: E402
-from performer import generate as generate_lib  # noqa: E402
-from performer import model as model_lib  # noqa: E402
+from configs import lm_shakespeare
+from performer import generate as generate_lib
+from performer import model as model_lib
+from performer import workdir
+from performer.bench import plots, timing
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
-  os.path.join(REPO, 'configs', 'lm_shakespeare.py'),
+  lm_shakespeare.__file__,
   'Experiment config whose model is benchmarked.',
 )
 _VARIANTS = flags.DEFINE_list(
@@ -195,11 +192,7 @@ def summarize(records: list[dict], early, late) -> dict:
 
 def plot(records: list[dict], path: str, title: str) -> None:
   """Step time vs position (raw and a running median) and cumulative time."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
+  plt = plots.pyplot()
   fig, (ax_step, ax_total) = plt.subplots(1, 2, figsize=(11, 4))
   for i, r in enumerate(records):
     color = plt.get_cmap('tab10')(i)
@@ -218,10 +211,7 @@ def plot(records: list[dict], path: str, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize='small')
   fig.suptitle(title, fontsize='medium')
-  fig.tight_layout()
-  benchmark.ensure_parent(path)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 def _window(values: list[str], name: str) -> tuple[int, int]:
@@ -262,7 +252,7 @@ def run(
   summary = summarize(records, early, late)
   for name, values in summary.items():
     print(f'{name}: {values}')
-  device = benchmark.device_info()
+  device = timing.device_info()
   result = {
     'summary': summary,
     'early': early,
@@ -272,7 +262,7 @@ def run(
     'records': records,
   }
   if json_path:
-    benchmark.write_json(json_path, result)
+    workdir.write_json(json_path, result)
   if png_path:
     title = (
       f'Generation to {num_tokens} tokens: {records[0]["num_layers"]} '

@@ -41,7 +41,7 @@ What is measured, per (setting, variant, length), batch --batch:
     (the model is bidirectional, so there is no next-token target; the loss
     only has to depend on every output, its value is irrelevant).
   peak_bytes: XLA's static estimate for the compiled program (argument +
-    output + temp - alias; `performer/benchmark.py`), checked against
+    output + temp - alias; `performer/bench/timing.py`), checked against
     --max_peak_gib before running. Lengths are tried in increasing order;
     after the first length that is over the budget (status 'skipped') or
     fails with out of memory ('oom'), the longer lengths of that (setting,
@@ -68,8 +68,6 @@ On a GPU, to the paper's lengths (until the memory runs out), leave
 
 import argparse
 import dataclasses
-import gc
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,8 +75,8 @@ import jax
 import optax
 from flax import nnx
 
-from performer import benchmark as bench
 from performer import model as model_lib
+from performer.bench import flags, grid, plots, report, timing
 
 # name -> (layers, heads, d_ff, d): the paper's Fig. 3 models.
 SETTINGS = {
@@ -127,10 +125,7 @@ class Plan:
 
 def build_parser() -> argparse.ArgumentParser:
   """The command-line interface."""
-  p = argparse.ArgumentParser(
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = flags.new_parser(__doc__)
   p.add_argument(
     '--settings',
     default='regular,small',
@@ -165,16 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     '--repeats', type=int, default=3, help='timed calls (median reported).'
   )
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument(
-    '--max_peak_gib',
-    type=float,
-    default=None,
-    help='skip configs whose estimated peak memory exceeds this many GiB '
-    '(default: the device limit, or 80%% of RAM on a CPU; inf: no limit).',
-  )
-  p.add_argument('--json', default=None, help='write the records here.')
-  p.add_argument('--png', default=None, help='write the plot here.')
-  p.add_argument('--markdown', default=None, help='write the table here.')
+  flags.add_memory_budget_flag(p)
+  flags.add_output_flags(p, ('json', 'png', 'markdown'))
   return p
 
 
@@ -195,11 +182,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     'block_size',
     'repeats',
   ):
-    _positive_int(getattr(args, flag), f'--{flag}')
+    flags.positive_int(getattr(args, flag), f'--{flag}')
   if args.num_layers is not None:
-    _positive_int(args.num_layers, '--num_layers')
-  if args.warmup < 0:
-    raise ValueError(f'--warmup must be >= 0, got {args.warmup}')
+    flags.positive_int(args.num_layers, '--num_layers')
+  flags.non_negative_int(args.warmup, '--warmup')
   _power_of_two(args.min_length, '--min_length')
   max_length = _max_lengths(args.max_length, settings)
   for setting, cap in max_length.items():
@@ -212,14 +198,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
   while length <= max(max_length.values()):
     lengths.append(length)
     length *= 2
-  if args.max_peak_gib is None:
-    budget = bench.memory_budget_bytes()
-  elif math.isnan(args.max_peak_gib) or args.max_peak_gib <= 0:
-    raise ValueError(f'--max_peak_gib must be > 0, got {args.max_peak_gib}')
-  elif math.isinf(args.max_peak_gib):
-    budget = None
-  else:
-    budget = int(args.max_peak_gib * bench.GIB)
   return Plan(
     settings=settings,
     variants=variants,
@@ -233,7 +211,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     warmup=args.warmup,
     repeats=args.repeats,
     seed=args.seed,
-    budget_bytes=budget,
+    budget_bytes=flags.memory_budget(args.max_peak_gib),
   )
 
 
@@ -336,42 +314,27 @@ def benchmark_config(
   if skip:
     record['status'], record['reason'] = 'skipped', skip
     return record
-  compiled = None
-  try:
+
+  def build():
     model = build_model(plan, setting, variant, length)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     record['num_params'] = sum(x.size for x in jax.tree.leaves(params))
     tokens_BL = jax.random.randint(
       jax.random.key(plan.seed), (plan.batch, length), 0, VOCAB_SIZE
     )
-    compiled, compile_s = bench.compile_timed(
-      _forward_backward_fn(graphdef, rest), params, tokens_BL
-    )
-    record['compile_s'] = compile_s
-    stats = bench.memory_stats(compiled)
-    record['memory'] = stats
-    record['peak_bytes'] = stats['peak_bytes']
-    budget = plan.budget_bytes
-    if budget is not None and (stats['peak_bytes'] or 0) > budget:
-      record['status'] = 'skipped'
-      record['reason'] = (
-        f'estimated peak {bench.format_bytes(stats["peak_bytes"])} exceeds '
-        f'the budget {bench.format_bytes(budget)} (--max_peak_gib)'
-      )
-      return record
-    timing = bench.time_executable(
-      compiled, params, tokens_BL, warmup=plan.warmup, repeats=plan.repeats
-    )
-    record['fwd_bwd_ms'] = 1e3 * timing['median_s']
-    record['fwd_bwd_ms_min'] = 1e3 * timing['min_s']
-    record['status'] = 'ok'
-  except Exception as e:  # noqa: BLE001 - recorded, the run goes on.
-    record['status'] = 'oom' if bench.is_out_of_memory(e) else 'error'
-    record['reason'] = bench.describe_error(e)
-  finally:
-    # Free the executable's buffers before the next, larger program.
-    del compiled
-    gc.collect()
+    return _forward_backward_fn(graphdef, rest), (params, tokens_BL)
+
+  result = timing.measure_compiled(
+    build,
+    budget_bytes=plan.budget_bytes,
+    warmup=plan.warmup,
+    repeats=plan.repeats,
+  )
+  for key in ('status', 'reason', 'compile_s', 'memory', 'peak_bytes'):
+    record[key] = result[key]
+  if result['status'] == 'ok':
+    record['fwd_bwd_ms'] = 1e3 * result['median_s']
+    record['fwd_bwd_ms_min'] = 1e3 * result['min_s']
   return record
 
 
@@ -379,26 +342,28 @@ def execute(
   plan: Plan,
   on_record: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-  """Runs every config; one record per (setting, variant, length)."""
-  info = bench.device_info()
-  records = []
-  total = sum(
-    len(plan.variants) * sum(n <= plan.max_length[s] for n in plan.lengths)
-    for s in plan.settings
+  """Runs every config; one record per (setting, variant, length).
+
+  The lengths of a (setting, variant) are tried in increasing order; after
+  the first one that is over the budget or out of memory the longer ones
+  are recorded as skipped without compiling.
+  """
+  info = timing.device_info()
+  configs = [
+    (setting, variant, length)
+    for setting in plan.settings
+    for variant in plan.variants
+    for length in plan.lengths
+    if length <= plan.max_length[setting]
+  ]
+  return grid.execute(
+    configs,
+    lambda config, skip: benchmark_config(plan, *config, info, skip),
+    describe=_progress,
+    on_record=on_record,
+    group=lambda config: config[:2],
+    stop_reason=_did_not_fit,
   )
-  for setting in plan.settings:
-    lengths = [n for n in plan.lengths if n <= plan.max_length[setting]]
-    for variant in plan.variants:
-      stop = None
-      for length in lengths:
-        record = benchmark_config(plan, setting, variant, length, info, stop)
-        if stop is None and record['status'] in ('skipped', 'oom'):
-          stop = f'a shorter length ({length}) did not fit'
-        records.append(record)
-        bench.log(f'[{len(records)}/{total}] {_summary(record)}')
-        if on_record is not None:
-          on_record(records)
-  return records
 
 
 def markdown(records: Sequence[dict[str, Any]]) -> str:
@@ -407,11 +372,10 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
     return 'No configs were run.\n'
   first = records[0]
   lines = [
-    f'Device: {first["device_kind"]} ({first["backend"]}), jax '
-    f'{first["jax_version"]}, float32, batch {first["batch"]}, vocabulary '
-    f'{first["vocab_size"]}, bidirectional; forward + backward (gradients '
-    f'of all parameters), median of {first["repeats"]} calls after '
-    f"{first['warmup']} warm-up; peak memory is XLA's estimate.",
+    f'{report.device_line(first)}, float32, batch {first["batch"]}, '
+    f'vocabulary {first["vocab_size"]}, bidirectional; forward + backward '
+    f'(gradients of all parameters), median of {first["repeats"]} calls '
+    f"after {first['warmup']} warm-up; peak memory is XLA's estimate.",
     '',
   ]
   for setting in dict.fromkeys(r['setting'] for r in records):
@@ -435,24 +399,19 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         cells.append(_cell(r))
       lines.append(f'| {variant} | ' + ' | '.join(cells) + ' |')
     lines.append('')
-  notes = [r for r in records if r['reason']]
-  for r in notes:
-    lines.append(
-      f'- {r["setting"]} {r["variant"]} L={r["length"]}: {r["status"]}, '
-      f'{r["reason"]}'
-    )
+  lines += report.reason_notes(records, _head)
   return '\n'.join(lines).rstrip('\n') + '\n'
 
 
 def plot(records: Sequence[dict[str, Any]], path: str) -> None:
   """Time and peak memory versus length; a row per setting."""
   first = records[0] if records else {}
-  bench.plot_scaling(
+  plots.plot_scaling(
     records,
     path,
     panels=[
-      bench.Panel('fwd_bwd_ms', 'status', 'fwd+bwd time (ms)'),
-      bench.Panel(
+      plots.Panel('fwd_bwd_ms', 'status', 'fwd+bwd time (ms)'),
+      plots.Panel(
         'peak_bytes',
         'status',
         'fwd+bwd peak memory (MiB)',
@@ -472,22 +431,20 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """Parses flags, runs the benchmark, writes the outputs."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  try:
-    plan = make_plan(args)
-  except ValueError as e:
-    parser.error(str(e))  # Exits with status 2 and the usage line.
-  save = (lambda rs: bench.write_json(args.json, rs)) if args.json else None
-  records = execute(plan, on_record=save)
-  bench.report(
-    records,
-    markdown(records),
-    png_path=args.png,
-    markdown_path=args.markdown,
+  return grid.run_benchmark(
+    build_parser(),
+    argv,
+    make_plan=make_plan,
+    execute=execute,
+    markdown=markdown,
     plot=plot,
   )
-  return records
+
+
+def _did_not_fit(record: dict[str, Any]) -> str | None:
+  if record['status'] in ('skipped', 'oom'):
+    return f'a shorter length ({record["length"]}) did not fit'
+  return None
 
 
 def _cell(record: dict[str, Any] | None) -> str:
@@ -495,34 +452,24 @@ def _cell(record: dict[str, Any] | None) -> str:
     return ''
   if record['status'] == 'ok':
     return (
-      f'{bench.format_ms(record["fwd_bwd_ms"])} / '
-      f'{bench.format_bytes(record["peak_bytes"])}'
+      f'{report.format_ms(record["fwd_bwd_ms"])} / '
+      f'{report.format_bytes(record["peak_bytes"])}'
     )
   return record['status']
 
 
 def _choices(text: str, valid, flag: str) -> list[str]:
-  items = [x.strip() for x in str(text).split(',')]
-  for item in items:
-    if item not in valid:
-      raise ValueError(f'{flag}: unknown value {item!r}; valid: {list(valid)}')
-  return items
+  return flags.check_choices(flags.split_list(text, flag), valid, flag)
 
 
 def _max_lengths(text: str, settings: Sequence[str]) -> dict[str, int]:
   """--max_length as {setting: cap}: one N for all, or SETTING=N items."""
   caps = dict.fromkeys(settings, 65536)
-  for item in (x.strip() for x in str(text).split(',')):
+  for item in flags.split_list(text, '--max_length'):
     name, sep, value = item.rpartition('=')
-    if sep and name not in SETTINGS:
-      raise ValueError(
-        f'--max_length: unknown setting {name!r}; valid: {list(SETTINGS)}'
-      )
-    try:
-      number = int(value)
-    except ValueError:
-      number = value  # Not an int: _positive_int names it.
-    _positive_int(number, '--max_length')
+    if sep:
+      flags.check_choices([name], SETTINGS, '--max_length', 'setting')
+    number = flags.positive_int(value, '--max_length')
     _power_of_two(number, '--max_length')
     if sep:
       if name in caps:
@@ -537,22 +484,13 @@ def _power_of_two(value: int, flag: str) -> None:
     raise ValueError(f'{flag}: {value} is not a power of two')
 
 
-def _positive_int(value, flag: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f'{flag}: {value!r} is not a positive integer')
-  return value
+def _head(record: dict[str, Any]) -> str:
+  return f'{record["setting"]} {record["variant"]} L={record["length"]}'
 
 
-def _summary(record: dict[str, Any]) -> str:
-  parts = [f'{record["setting"]} {record["variant"]} L={record["length"]}']
-  if record['fwd_bwd_ms'] is not None:
-    parts.append(f'fwd+bwd {bench.format_ms(record["fwd_bwd_ms"])} ms')
-  if record['peak_bytes'] is not None:
-    parts.append(f'peak {bench.format_bytes(record["peak_bytes"])}')
-  parts.append(record['status'])
-  if record['reason']:
-    parts.append(record['reason'])
-  return ', '.join(parts)
+def _progress(record: dict[str, Any]) -> str:
+  times = [('fwd+bwd', record['fwd_bwd_ms'])]
+  return report.progress_line(_head(record), times, record)
 
 
 if __name__ == '__main__':

@@ -15,9 +15,7 @@ Tokens per second = batch_size * seq_len / median step time (the median of
 separately).
 """
 
-import argparse
 import importlib.util
-import os
 import statistics
 import sys
 import time
@@ -26,17 +24,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from performer import attention, benchmark, train
+from performer import attention, optim, steps, tasks, workdir
 from performer import model as model_lib
+from performer.bench import flags, report, timing
 
 
 def _load_config(spec: str):
   """Loads `configs/X.py[:arg]` the way scripts/train.py does."""
   path, _, arg = spec.partition(':')
-  # Config files import `configs.common` from the repository root.
-  sys.path.insert(
-    0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  )
   module_spec = importlib.util.spec_from_file_location('bench_config', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -55,9 +50,10 @@ def measure(
     # 0 means "from the data" in the trainer; the random batches are bytes.
     config.model.vocab_size = config.model.vocab_size or 256
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
-  tx, _ = train.make_optimizer(config)
+  tx, _ = optim.make_optimizer(config)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split(train.TrainState(model, optimizer))
+  graphdef, state = nnx.split(steps.TrainState(model, optimizer))
+  options = steps.StepOptions(task=tasks.TASKS['lm'])
   tokens = jax.random.randint(
     jax.random.key(1), (batch_size, seq_len + 1), 0, config.model.vocab_size
   )
@@ -68,17 +64,17 @@ def measure(
   }
   key = jax.random.key(2)
   start = time.perf_counter()
-  state, step_metrics = train.train_step(graphdef, state, batch, key)
+  state, step_metrics = steps.train_step(graphdef, state, batch, key, options)
   jax.block_until_ready(step_metrics)
   first_s = time.perf_counter() - start
   for _ in range(warmup):
-    state, step_metrics = train.train_step(graphdef, state, batch, key)
+    state, step_metrics = steps.train_step(graphdef, state, batch, key, options)
   jax.block_until_ready(step_metrics)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     # The state is donated, so each step feeds the next, as in training.
-    state, step_metrics = train.train_step(graphdef, state, batch, key)
+    state, step_metrics = steps.train_step(graphdef, state, batch, key, options)
     jax.block_until_ready(step_metrics)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
@@ -94,12 +90,25 @@ def measure(
     'tokens_per_sec': batch_size * seq_len / step_s,
     'compile_and_first_step_s': first_s,
     'loss': float(step_metrics['loss']),
-    **benchmark.device_info(),
+    **timing.device_info(),
   }
 
 
+def _variants(args) -> list[str]:
+  """Checks the flags; returns the variants to time."""
+  for flag in ('seq_len', 'batch_size', 'repeats'):
+    flags.positive_int(getattr(args, flag), f'--{flag}')
+  flags.non_negative_int(args.warmup, '--warmup')
+  return flags.check_choices(
+    flags.split_list(args.variants, '--variants'),
+    attention.names(),
+    '--variants',
+    'attention variant',
+  )
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = flags.new_parser(__doc__.split('\n')[0])
   parser.add_argument('--config', default='configs/lm_shakespeare.py')
   parser.add_argument('--variants', default='softmax,favor,local,sparse')
   parser.add_argument('--seq_len', type=int, default=2048)
@@ -108,18 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--json', default='')
   parser.add_argument('--markdown', default='')
-  args = parser.parse_args(argv)
-  variants = [v for v in args.variants.split(',') if v]
-  for v in variants:
-    if v not in attention.names():
-      raise ValueError(
-        f'unknown variant {v!r} in --variants; valid: {attention.names()}'
-      )
-  if args.seq_len < 1 or args.batch_size < 1:
-    raise ValueError(
-      f'--seq_len and --batch_size must be >= 1, got {args.seq_len} and '
-      f'{args.batch_size}'
-    )
+  args, variants = flags.parse(parser, argv, _variants)
   config = _load_config(args.config)
   records = []
   for variant in variants:
@@ -153,11 +151,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
   table = '\n'.join(lines) + '\n'
   print(table)
   if args.json:
-    benchmark.write_json(args.json, records)
+    workdir.write_json(args.json, records)
   if args.markdown:
-    benchmark.ensure_parent(args.markdown)
-    with open(args.markdown, 'w') as f:
-      f.write(table)
+    report.write_text(args.markdown, table)
   return records
 
 

@@ -174,7 +174,7 @@ def test_script_writes_json_and_png(tmp_path, capsys):
   ]
   assert len(result['records']) == 2
   for r in records:
-    for metric in script.METRICS:
+    for metric in ap.METRICS:
       assert len(r[f'{metric}_samples']) == 2
       assert r[f'{metric}_mean'] >= 0 and r[f'{metric}_std'] >= 0
   assert '| kernel |' in capsys.readouterr().out

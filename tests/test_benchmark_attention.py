@@ -1,4 +1,4 @@
-"""Tests of scripts/benchmark_attention.py and performer/benchmark.py.
+"""Tests of scripts/benchmark_attention.py and performer/bench/{timing,flops}.
 
 Tiny sizes only: these check that the script runs every registered variant,
 records what it promises and fails clearly on bad flags, not how fast
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import pytest
 
 from performer import attention
-from performer import benchmark as bench
+from performer.bench import flops, timing
 
 _SCRIPT = (
   pathlib.Path(__file__).resolve().parents[1] / 'scripts'
@@ -76,8 +76,8 @@ def _check_ok(record, variant, causal, length):
 
 
 def test_softmax_records_json_png_and_markdown(tmp_path, capsys):
-  paths = {ext: tmp_path / 'out' / f'bench.{ext}' for ext in ('json', 'png')}
-  md = tmp_path / 'bench.md'
+  paths = {ext: tmp_path / 'out' / f'timing.{ext}' for ext in ('json', 'png')}
+  md = tmp_path / 'timing.md'
   records = script.main(
     [
       '--variants=softmax',
@@ -109,7 +109,7 @@ def test_softmax_records_json_png_and_markdown(tmp_path, capsys):
 
 
 def test_json_is_rewritten_after_every_config(tmp_path, monkeypatch):
-  path = tmp_path / 'bench.json'
+  path = tmp_path / 'timing.json'
   seen = []
   real_benchmark_config = script.benchmark_config
 
@@ -132,7 +132,7 @@ def test_json_is_rewritten_after_every_config(tmp_path, monkeypatch):
   assert len(records) == 2
   assert seen == [[], records[:1]]
   assert json.loads(path.read_text()) == records
-  assert not (tmp_path / 'bench.json.tmp').exists()
+  assert not (tmp_path / 'timing.json.tmp').exists()
 
 
 OTHER_VARIANTS = [n for n in attention.names() if n != 'softmax']
@@ -267,25 +267,25 @@ def test_unknown_option_names_the_valid_ones():
 
 def test_favor_flop_formula():
   # 8BHLMD + 4BHLM with B=1, H=2, L=16, M=4, D=8.
-  assert script.favor_flops(1, 2, 16, 4, 8) == 8192 + 512
+  assert flops.favor_flops(1, 2, 16, 4, 8) == 8192 + 512
   # Chunked: + 2BHLCM + 2BHLCD with C=8.
-  assert script.favor_flops(1, 2, 16, 4, 8, chunk_size=8) == 8704 + 6144
+  assert flops.favor_flops(1, 2, 16, 4, 8, chunk_size=8) == 8704 + 6144
   # C is capped at L.
-  assert script.favor_flops(1, 2, 16, 4, 8, chunk_size=128) == (
-    script.favor_flops(1, 2, 16, 4, 8, chunk_size=16)
+  assert flops.favor_flops(1, 2, 16, 4, 8, chunk_size=128) == (
+    flops.favor_flops(1, 2, 16, 4, 8, chunk_size=16)
   )
-  assert script.feature_dim({'num_features': 4, 'kernel': 'softmax'}, 8) == 4
+  assert flops.feature_dim({'num_features': 4, 'kernel': 'softmax'}, 8) == 4
   trig = {'num_features': 4, 'kernel': 'softmax_trig'}
-  assert script.feature_dim(trig, 8) == 8
-  assert script.feature_dim({'projection': 'none'}, 8) == 8
+  assert flops.feature_dim(trig, 8) == 8
+  assert flops.feature_dim({'projection': 'none'}, 8) == 8
 
 
 def test_memory_stats_formula():
   def f(x):
     return jnp.exp(x @ x.T) @ x
 
-  compiled, seconds = bench.compile_timed(f, jnp.ones((128, 8)))
-  stats = bench.memory_stats(compiled)
+  compiled, seconds = timing.compile_timed(f, jnp.ones((128, 8)))
+  stats = timing.memory_stats(compiled)
   assert seconds > 0
   assert stats['argument_size_in_bytes'] == 128 * 8 * 4
   assert stats['output_size_in_bytes'] == 128 * 8 * 4
@@ -300,8 +300,8 @@ def test_memory_stats_formula():
 
 
 def test_time_executable_and_matmul_peak():
-  timing = bench.time_executable(jnp.sin, jnp.ones(4), warmup=0, repeats=3)
-  assert len(timing['times_s']) == 3
-  assert 0 < timing['min_s'] <= timing['median_s']
-  peak = bench.matmul_peak(32, repeats=2)
+  result = timing.time_executable(jnp.sin, jnp.ones(4), warmup=0, repeats=3)
+  assert len(result['times_s']) == 3
+  assert 0 < result['min_s'] <= result['median_s']
+  peak = timing.matmul_peak(32, repeats=2)
   assert peak['gflops_per_s'] > 0 and peak['dtype'] == 'float32'

@@ -1,4 +1,4 @@
-"""Tests of scripts/compare.py on fake workdirs; no training runs.
+"""Tests of scripts/compare.py and performer/bench/lra_grid.py; no training.
 
 The workdirs hold results.json files written here in the trainer's format;
 the subprocess runner is replaced by a fake that writes them (or fails).
@@ -9,10 +9,12 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 
+from performer.bench import lra_grid
 from performer.data import lra_standins
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'compare.py'
@@ -125,7 +127,7 @@ def test_finished_runs_are_not_rerun(tmp_path, monkeypatch):
     (workdir / 'results.json').write_text(json.dumps(_results(0.3, 1)))
     return 0
 
-  monkeypatch.setattr(script, 'run_command', fake_runner)
+  monkeypatch.setattr(lra_grid, 'run_command', fake_runner)
   records = script.main(
     _argv(
       root,
@@ -165,7 +167,7 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     (workdir / 'results.json').write_text(json.dumps(_results(0.3, 0)))
     return 0
 
-  monkeypatch.setattr(script, 'run_command', fake_runner)
+  monkeypatch.setattr(lra_grid, 'run_command', fake_runner)
   records = script.main(_argv(root, out, tasks='listops', seeds='0'))
 
   by_name = {r['attention']: r for r in records}
@@ -217,7 +219,7 @@ def test_collect_only_reports_missing_runs(tmp_path):
 def test_bad_flags_fail_before_running(
   tmp_path, capsys, monkeypatch, flag, words
 ):
-  monkeypatch.setattr(script, 'run_command', pytest.fail)
+  monkeypatch.setattr(lra_grid, 'run_command', pytest.fail)
   with pytest.raises(SystemExit) as info:
     script.main([f'--root={tmp_path / "runs"}', f'--out={tmp_path}/o', flag])
   assert info.value.code == 2
@@ -295,7 +297,7 @@ def test_previous_results_count_as_finished(tmp_path, monkeypatch):
     (workdir / 'results.json').write_text(json.dumps(_results(0.25, 1)))
     return 0
 
-  monkeypatch.setattr(script, 'run_command', fake_runner)
+  monkeypatch.setattr(lra_grid, 'run_command', fake_runner)
   records = script.main(
     _argv(root, out, f'--previous={previous}', tasks='listops', seeds='0,1')
   )
@@ -352,7 +354,7 @@ def test_previous_results_count_as_finished(tmp_path, monkeypatch):
 def test_bad_previous_fails_before_running(
   tmp_path, capsys, monkeypatch, content, words
 ):
-  monkeypatch.setattr(script, 'run_command', pytest.fail)
+  monkeypatch.setattr(lra_grid, 'run_command', pytest.fail)
   path = tmp_path / 'old.json'
   if content is not None:
     path.write_text(content)
@@ -364,3 +366,178 @@ def test_bad_previous_fails_before_running(
   for word in words:
     assert word in err
   assert not os.path.exists(tmp_path / 'o')
+
+
+def _output_bytes(out) -> dict:
+  names = ('results.json', 'results.csv', 'results.md', 'accuracy.png')
+  return {name: (out / name).read_bytes() for name in names}
+
+
+def test_collecting_nothing_is_an_error_and_writes_nothing(tmp_path, capsys):
+  root, out = tmp_path / 'runs', tmp_path / 'out'
+  for seed in (0, 1):
+    _write_results(root, 'listops', 'softmax', seed, 0.4)
+    _write_results(root, 'listops', 'favor', seed, 0.3)
+  script.main(_argv(root, out, '--collect_only', tasks='listops', seeds='0,1'))
+  before = _output_bytes(out)
+
+  # A misspelt root holds no workdirs: every run is missing.
+  misspelt = tmp_path / 'rnus'
+  with pytest.raises(SystemExit) as info:
+    script.main(
+      _argv(misspelt, out, '--collect_only', tasks='listops', seeds='0,1')
+    )
+
+  assert info.value.code not in (0, None)
+  assert 'collected nothing' in str(info.value.code)
+  assert _output_bytes(out) == before
+  # Into a fresh folder too: nothing collected, nothing written.
+  with pytest.raises(SystemExit):
+    script.main(_argv(misspelt, tmp_path / 'fresh', '--collect_only'))
+  assert not (tmp_path / 'fresh').exists()
+
+
+def test_outputs_never_lose_finished_runs(tmp_path):
+  root, out = tmp_path / 'runs', tmp_path / 'out'
+  for seed in (0, 1):
+    _write_results(root, 'listops', 'softmax', seed, 0.4 + seed / 10)
+  first = [
+    '--tasks=listops',
+    '--attention=softmax',
+    '--seeds=0,1',
+    f'--root={root}',
+    f'--out={out}',
+    '--collect_only',
+  ]
+  script.main(first)
+  before = _output_bytes(out)
+  # A second root that holds only seed 0: seed 1 would be lost.
+  other = tmp_path / 'other'
+  _write_results(other, 'listops', 'softmax', 0, 0.45)
+  argv = [
+    '--tasks=listops',
+    '--attention=softmax',
+    '--seeds=0,1',
+    f'--root={other}',
+    f'--out={out}',
+    '--collect_only',
+  ]
+  with pytest.raises(SystemExit) as info:
+    script.main(argv)
+  message = str(info.value.code)
+  assert 'listops/softmax/seed1' in message
+  assert '--previous=' in message
+  assert _output_bytes(out) == before
+  # The other --lite setting would replace every finished run.
+  with pytest.raises(SystemExit):
+    script.main(argv + ['--lite'])
+  assert _output_bytes(out) == before
+
+  # Keeping them with --previous: seed 0 from the new root, 1 recorded.
+  records = script.main(argv + [f'--previous={out / "results.json"}'])
+  assert [(r['seed'], r['test_accuracy']) for r in records] == [
+    (0, 0.45),
+    (1, 0.5),
+  ]
+
+
+def test_recorded_paths_are_relative(tmp_path):
+  root, out = tmp_path / 'runs', tmp_path / 'out'
+  _write_results(root, 'listops', 'softmax', 0, 0.4)
+  (record,) = script.main(
+    [
+      '--tasks=listops',
+      '--attention=softmax',
+      '--seeds=0',
+      f'--root={root}',
+      f'--out={out}',
+      '--collect_only',
+    ]
+  )
+  # A root outside the project: the workdir is named relative to it.
+  assert record['workdir'] == 'listops/softmax/seed0'
+  assert record['command'].startswith(
+    'python scripts/train.py --config=configs/lra_listops.py:attention='
+    'softmax --config.seed=0 --workdir='
+  )
+  assert sys.executable not in record['command']
+  assert lra_grid.PROJECT_ROOT not in json.dumps(record)
+
+  # A root inside the project: every path relative to the project root.
+  inside = os.path.join(lra_grid.PROJECT_ROOT, 'workdirs', 'lra_test')
+  plan = lra_grid.make_plan(
+    tasks='listops',
+    variants='favor',
+    seeds='1',
+    lite=True,
+    root=inside,
+    out=str(out),
+  )
+  (run,) = plan.runs
+  assert run.name == 'workdirs/lra_test/listops/favor/seed1'
+  assert run.recorded_command() == (
+    'python scripts/train.py --config=configs/lra_listops.py:'
+    'attention=favor,lite --config.seed=1 '
+    '--workdir=workdirs/lra_test/listops/favor/seed1'
+  )
+  assert not os.path.exists(inside)  # Planning creates nothing.
+
+
+def test_previous_records_with_absolute_paths_are_made_relative(tmp_path):
+  project = lra_grid.PROJECT_ROOT
+  workdir = f'{project}/workdirs/lra_lite/listops/softmax/seed0'
+  old = {
+    'task': 'listops',
+    'attention': 'softmax',
+    'seed': 0,
+    'workdir': workdir,
+    'command': (
+      f'{project}/.venv/bin/python {project}/scripts/train.py '
+      f'--config={project}/configs/lra_listops.py:attention=softmax,lite '
+      f'--config.seed=0 --workdir={workdir}'
+    ),
+    'status': 'ok',
+    'test_accuracy': 0.343,
+    'recorded_in': f'{project}/docs/lra/results.json',
+  }
+  previous = tmp_path / 'old.json'
+  previous.write_text(json.dumps({'lite': True, 'runs': [old]}))
+  out = tmp_path / 'out'
+
+  (record,) = script.main(
+    [
+      '--tasks=listops',
+      '--attention=softmax',
+      '--seeds=0',
+      '--lite',
+      f'--root={tmp_path / "runs"}',
+      f'--out={out}',
+      f'--previous={previous}',
+      '--collect_only',
+    ]
+  )
+
+  assert record['workdir'] == 'workdirs/lra_lite/listops/softmax/seed0'
+  assert record['command'] == (
+    'python scripts/train.py --config=configs/lra_listops.py:attention='
+    'softmax,lite --config.seed=0 '
+    '--workdir=workdirs/lra_lite/listops/softmax/seed0'
+  )
+  assert record['recorded_in'] == 'docs/lra/results.json'
+  assert record['test_accuracy'] == 0.343
+  assert project not in (out / 'results.json').read_text()
+
+
+def test_committed_lra_results_hold_no_absolute_paths():
+  path = pathlib.Path(lra_grid.PROJECT_ROOT) / 'docs' / 'lra' / 'results.json'
+  data = json.loads(path.read_text())
+  for record in data['runs']:
+    for key in ('workdir', 'command', 'recorded_in'):
+      value = record.get(key) or ''
+      assert not any(word.startswith('/') for word in value.split(' ')), (
+        key,
+        value,
+      )
+      assert not any('=/' in word for word in value.split(' ')), (key, value)
+  for row in data['summary']:
+    assert not any(p.startswith('/') for p in row['recorded_in']), row

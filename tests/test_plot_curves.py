@@ -1,10 +1,15 @@
-"""scripts/plot_curves.py: reading metrics.jsonl and writing PNG and JSON."""
+"""performer/bench/curves.py and scripts/plot_curves.py: metrics.jsonl to PNG.
+
+Also the numbers of scripts/backward_compat.py (`curves.transfer_summary`).
+"""
 
 import importlib.util
 import json
 import pathlib
 
 import pytest
+
+from performer.bench import curves
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / 'scripts'
 _spec = importlib.util.spec_from_file_location(
@@ -34,22 +39,22 @@ RECORDS = [
 
 def test_load_curve_sorts_steps_and_keeps_the_last_record(tmp_path):
   workdir = _workdir(tmp_path / 'run', RECORDS)
-  steps, values = plot_curves.load_curve(workdir, 'accuracy')
+  steps, values = curves.load_curve(workdir, 'accuracy')
   assert steps == [0, 10, 20]
   assert values == [0.05, 0.2, 0.35]
-  assert plot_curves.load_curve(workdir, 'loss', 'train') == ([10], [3.0])
+  assert curves.load_curve(workdir, 'loss', 'train') == ([10], [3.0])
 
 
 def test_errors_name_the_workdir_and_the_metrics_present(tmp_path):
   missing = tmp_path / 'nowhere'
   with pytest.raises(FileNotFoundError, match=str(missing)):
-    plot_curves.load_curve(str(missing), 'accuracy')
+    curves.load_curve(str(missing), 'accuracy')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(FileNotFoundError, match='metrics.jsonl'):
-    plot_curves.load_curve(str(tmp_path / 'empty'), 'accuracy')
+    curves.load_curve(str(tmp_path / 'empty'), 'accuracy')
   workdir = _workdir(tmp_path / 'run', RECORDS)
   with pytest.raises(ValueError, match='present: accuracy, loss$'):
-    plot_curves.load_curve(workdir, 'perplexity')
+    curves.load_curve(workdir, 'perplexity')
 
 
 def test_main_writes_png_and_the_plotted_points(tmp_path, capsys):
@@ -76,11 +81,6 @@ def test_main_writes_png_and_the_plotted_points(tmp_path, capsys):
 
 def test_backward_compat_summary(tmp_path):
   """scripts/backward_compat.py's numbers, from two fake workdirs."""
-  spec = importlib.util.spec_from_file_location(
-    'backward_compat', _SCRIPT / 'backward_compat.py'
-  )
-  compat = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(compat)
   softmax = _workdir(
     tmp_path / 'softmax',
     [
@@ -95,7 +95,7 @@ def test_backward_compat_summary(tmp_path):
       for s, a in ((0, 0.07), (10, 0.4), (20, 0.58), (30, 0.595))
     ],
   )
-  summary = compat.summarize(softmax, favor, 'accuracy')
+  summary = curves.transfer_summary(softmax, favor, 'accuracy')
   assert summary['favor_after_swap'] == 0.07
   assert summary['softmax_best'] == 0.6
   assert summary['favor_reaches_95pct_step'] == 20  # 0.58 >= 0.57.
@@ -104,4 +104,41 @@ def test_backward_compat_summary(tmp_path):
     tmp_path / 'scratch', [{'step': 10, 'split': 'validation', 'accuracy': 1}]
   )
   with pytest.raises(ValueError, match='no step-0 evaluation'):
-    compat.summarize(softmax, no_swap, 'accuracy')
+    curves.transfer_summary(softmax, no_swap, 'accuracy')
+
+
+def test_backward_compat_main_reuses_finished_runs(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location(
+    'backward_compat', _SCRIPT / 'backward_compat.py'
+  )
+  compat = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compat)
+  softmax = _workdir(
+    tmp_path / 'softmax',
+    [{'step': 100, 'split': 'validation', 'accuracy': 0.6}],
+  )
+  root = tmp_path / 'root'
+  root.mkdir()
+  _workdir(
+    root / 'favor_finetune',
+    [
+      {'step': s, 'split': 'validation', 'accuracy': a}
+      for s, a in ((0, 0.1), (10, 0.595))
+    ],
+  )
+  (root / 'favor_finetune' / 'results.json').write_text('{}')
+  png, out = tmp_path / 'c.png', tmp_path / 'c.json'
+  code = compat.main(
+    [
+      f'--root={root}',
+      f'--pretrained={softmax}',
+      f'--png={png}',
+      f'--json={out}',
+    ]
+  )
+  assert code == 0
+  assert 'reusing the finished run' in capsys.readouterr().out
+  assert png.read_bytes()[:4] == b'\x89PNG'
+  record = json.loads(out.read_text())
+  assert record['summary']['favor_reaches_99pct_step'] == 10
+  assert [c['steps'] for c in record['curves']] == [[100], [0, 10]]

@@ -18,98 +18,23 @@ Causal variants also decode autoregressively with an explicit cache pytree
   out_B1HD, cache = attn.decode(q_B1HD, k_B1HD, v_B1HD, cache)
 """
 
-import inspect
-from collections.abc import Callable
+from performer.attention.registry import (
+  create,
+  defaults,
+  names,
+  options,
+  redraw_features,
+  register,
+)
 
-from flax import nnx
-
-_REGISTRY: dict[str, type[nnx.Module]] = {}
-
-
-def register(name: str) -> Callable[[type[nnx.Module]], type[nnx.Module]]:
-  """Class decorator that registers an attention variant under `name`."""
-
-  def decorate(cls: type[nnx.Module]) -> type[nnx.Module]:
-    if name in _REGISTRY:
-      raise ValueError(f'attention variant {name!r} is already registered')
-    _REGISTRY[name] = cls
-    return cls
-
-  return decorate
-
-
-def names() -> list[str]:
-  """Returns the registered variant names, sorted."""
-  return sorted(_REGISTRY)
-
-
-def options(name: str) -> list[str]:
-  """Returns the option names that variant `name` accepts in `create`."""
-  params = inspect.signature(_lookup(name).__init__).parameters
-  fixed = {'self', 'head_dim', 'causal', 'rngs'}
-  return sorted(p for p in params if p not in fixed)
-
-
-def defaults(name: str) -> dict:
-  """Returns variant `name`'s options with their default values."""
-  params = inspect.signature(_lookup(name).__init__).parameters
-  return {key: params[key].default for key in options(name)}
-
-
-def redraw_features(model: nnx.Module, step) -> None:
-  """Redraws the random features of every attention module inside `model`.
-
-  Each module with a `redraw(step)` method (FAVOR+) draws its projection
-  from (its seed, step // its redraw interval); modules with interval 0 keep
-  theirs. Jittable: `step` may be a traced integer.
-
-  Args:
-    model: any NNX module tree.
-    step: the global training step.
-  """
-  for _, module in nnx.iter_graph(model):
-    if isinstance(module, nnx.Module) and hasattr(module, 'redraw'):
-      module.redraw(step)
-
-
-def create(
-  name: str, *, head_dim: int, causal: bool, rngs: nnx.Rngs, **opts
-) -> nnx.Module:
-  """Builds the attention variant `name`.
-
-  Args:
-    name: a registered variant, one of `names()`.
-    head_dim: size of each head's query, key and value vectors.
-    causal: whether position i may only attend to positions <= i. Fixed at
-      construction.
-    rngs: random streams for the variant's own state (random features,
-      random sparsity pattern).
-    **opts: variant options; `options(name)` lists the valid ones.
-
-  Returns:
-    The attention module.
-
-  Raises:
-    ValueError: for an unknown name, an unknown option or an invalid value.
-  """
-  cls = _lookup(name)
-  valid = options(name)
-  unknown = sorted(set(opts) - set(valid))
-  if unknown:
-    raise ValueError(
-      f'unknown option(s) {unknown} for attention {name!r}; valid options: '
-      f'{valid}'
-    )
-  if not isinstance(head_dim, int) or head_dim <= 0:
-    raise ValueError(f'head_dim must be a positive int, got {head_dim!r}')
-  return cls(head_dim=head_dim, causal=bool(causal), rngs=rngs, **opts)
-
-
-def _lookup(name: str) -> type[nnx.Module]:
-  if name not in _REGISTRY:
-    raise ValueError(f'unknown attention {name!r}; valid names: {names()}')
-  return _REGISTRY[name]
-
+__all__ = [
+  'create',
+  'defaults',
+  'names',
+  'options',
+  'redraw_features',
+  'register',
+]
 
 # Importing the families registers them.
 from performer.attention import favor, local, softmax, sparse  # noqa: E402, F401, I001

@@ -40,8 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from performer import attention
-from performer.attention import common, decoding, features
+from performer.attention import common, decoding, features, registry
 
 PROJECTIONS = features.PROJECTIONS + ('none',)
 
@@ -145,7 +144,7 @@ def _token_step(carry, phiq_BHM, kbase_BHM, ks_BH, v_BHD):
   return carry, _normalize(num_BHD, den_BH)
 
 
-@attention.register('favor')
+@registry.register('favor')
 class FavorAttention(nnx.Module):
   """FAVOR+ attention: random-feature softmax attention, linear in length.
 
@@ -489,7 +488,7 @@ class FavorAttention(nnx.Module):
     return carry, _normalize(num_BHCD, den_BHC)
 
 
-@attention.register('favor_scan')
+@registry.register('favor_scan')
 class FavorScanAttention(FavorAttention):
   """FAVOR+ with the causal prefix sum as a per-token `lax.scan`.
 

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from performer import attention
-from performer.attention import common, decoding
+from performer.attention import common, decoding, registry
 
 PATTERNS = ('block', 'sliding')
 # Sliding windows use blocks of about half the window (fewest wasted key
@@ -263,7 +262,7 @@ def local_layout(
   return LocalLayout(block, blocks_NG, valid_NG, allowed_CK)
 
 
-@attention.register('local')
+@registry.register('local')
 class LocalAttention(decoding.KVCacheDecoding, nnx.Module):
   """Local softmax attention, O(L * window) time and memory.
 

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from performer import attention
-from performer.attention import common, decoding
+from performer.attention import common, decoding, registry
 
 IMPLEMENTATIONS = ('auto', 'xla', 'cudnn')
 
@@ -55,7 +54,7 @@ def _pick_implementation(requested: str, dtype: jnp.dtype) -> str | None:
   return 'xla'
 
 
-@attention.register('softmax')
+@registry.register('softmax')
 class SoftmaxAttention(decoding.KVCacheDecoding, nnx.Module):
   """Exact softmax attention, O(L^2) time and memory (O(L) with cuDNN).
 

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from performer import attention
-from performer.attention import common, decoding
+from performer.attention import common, decoding, registry
 from performer.attention.local import (
   KeyGroup,
   block_softmax,
@@ -94,7 +93,7 @@ def bigbird_layout(
   )
 
 
-@attention.register('sparse')
+@registry.register('sparse')
 class SparseAttention(decoding.KVCacheDecoding, nnx.Module):
   """Block-sparse softmax attention: Sparse Transformer 'fixed' or 'bigbird'.
 
