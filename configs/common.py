@@ -11,15 +11,14 @@ import ml_collections
 
 from performer import attention, data, model
 
-SCHEDULES = ('cosine', 'linear', 'rsqrt', 'constant')
-
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses a config argument such as 'attention=softmax,steps=500'.
 
-  Each value is converted to the type of its default; a bool may be given
-  bare ('tiny' means tiny=True). A single bare value that is not a key sets
-  the first key ('softmax' means attention=softmax).
+  Each value is converted to the type of its default. A bare first item
+  that is not a key sets the first key ('softmax,lite' means
+  attention=softmax,lite=True); any other bare item is a bool set to True
+  ('tiny' means tiny=True).
 
   Args:
     arg: the argument string; None or '' keeps every default.
@@ -31,14 +30,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   Raises:
     ValueError: for an unknown key or a value of the wrong type.
   """
-  arg = (arg or '').strip()
-  if arg and ',' not in arg and '=' not in arg:
-    if arg not in defaults and defaults:
-      arg = f'{next(iter(defaults))}={arg}'
+  items = [part.strip() for part in (arg or '').split(',')]
   raw = {}
-  for item in filter(None, (part.strip() for part in arg.split(','))):
+  for position, item in enumerate(filter(None, items)):
     key, sep, value = item.partition('=')
-    raw[key.strip()] = value.strip() if sep else 'true'
+    key = key.strip()
+    if not sep and position == 0 and defaults and key not in defaults:
+      # The README's `lra_listops.py:favor,lite`: the variant comes first.
+      key, value, sep = next(iter(defaults)), key, '='
+    raw[key] = value.strip() if sep else 'true'
   unknown = sorted(set(raw) - set(defaults))
   if unknown:
     raise ValueError(

@@ -40,8 +40,8 @@ fails when training starts).
 import ml_collections
 
 from configs import common
+from performer import data
 
-OBJECTIVES = ('causal', 'masked')
 KERNELS = ('relu', 'softmax')
 SIZES = ('paper', 'small')
 
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     path='',
   )
   for key, valid in (
-    ('objective', OBJECTIVES),
+    ('objective', data.OBJECTIVES),
     ('kernel', KERNELS),
     ('size', SIZES),
   ):

@@ -19,6 +19,7 @@ workdir, with the run's tokenizer.
 
 import functools
 import math
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -353,14 +354,15 @@ def generate_text(
       long prompt, or bad sampling settings.
   """
   check_sampling(temperature, top_k, top_p)
-  model, config, _ = workdir_lib.restore_model(workdir, step)
-  task = tasks.task_of(config.data)
-  if task != 'lm':
+  saved = workdir_lib.read_config(workdir) if os.path.isdir(workdir) else None
+  if saved is not None and tasks.task_of(saved['data']) != 'lm':
     raise ValueError(
-      f'workdir {workdir} holds a {config.model.head!r} model trained on the '
-      f'{task!r} task of {config.data.name!r}, not a language model; '
-      'generation needs the workdir of a causal language model run'
+      f'workdir {workdir} holds a {saved["model"]["head"]!r} model trained '
+      f'on the {tasks.task_of(saved["data"])!r} task of '
+      f'{saved["data"]["name"]!r}, not a language model; generation needs '
+      'the workdir of a causal language model run'
     )
+  model, config, _ = workdir_lib.restore_model(workdir, step)
   tokenizer = data_build.load_tokenizer(config.data)
   prompt_tokens = np.asarray(tokenizer.encode(prompt))
   if prompt_tokens.size == 0:

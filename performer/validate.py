@@ -74,7 +74,7 @@ class _Problems:
   def choice(self, config: Mapping, field: str, valid) -> bool:
     value = config[field]
     return self.need(
-      value in valid, f'{field} must be one of {list(valid)}, got {value!r}'
+      value in valid, f'{field} must be one of {tuple(valid)}, got {value!r}'
     )
 
 

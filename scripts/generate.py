@@ -11,16 +11,11 @@ continuation. Byte-level models' bytes are decoded as UTF-8, invalid
 sequences replaced by U+FFFD.
 """
 
-import os
 import sys
 
-# Make the repository root importable however this script is started.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from performer import generate as generate_lib  # noqa: E402
+from performer import generate as generate_lib
 
 _WORKDIR = flags.DEFINE_string(
   'workdir', None, 'Workdir of a training run (config.json, checkpoints/).'

@@ -19,10 +19,7 @@ import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from performer.data import lra_standins  # noqa: E402
+from performer.data import lra_standins
 
 
 def main(argv: list[str] | None = None) -> None:

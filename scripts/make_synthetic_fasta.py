@@ -34,16 +34,12 @@ causal one also an order-2 count model (see `_order2`).
 import argparse
 import json
 import math
-import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
+from performer import data
 from performer.data import build as data_build
-from performer.data import protein  # noqa: E402
+from performer.data import protein
 
 # UniProtKB amino-acid composition (percent, rounded), in the order of
 # protein.STANDARD (ACDEFGHIKLMNPQRSTVWY); rare letters U O B Z X last.
@@ -121,10 +117,8 @@ def write_fasta(path: str, sequences: list[str], width: int = 60) -> None:
 
 def baseline(path: str, seq_len: int, data_dir: str) -> dict:
   """Unigram baseline on the trainer's test targets, both objectives."""
-  from performer import data
-
   result = {}
-  for objective in protein.OBJECTIVES:
+  for objective in data.OBJECTIVES:
     config = data.default_config()
     config.update(
       name='protein',
@@ -186,7 +180,7 @@ def _neighbors(ds) -> dict:
   """
   v = protein.VOCAB_SIZE
   counts = np.full((v * v, v), 0.1)
-  source = ds._sources['train']
+  source = ds.splits['train']
   rng = np.random.default_rng(0)
   for i in range(len(source)):
     ids = protein.protein_tokens(source[i])
@@ -213,7 +207,7 @@ def _order2(ds) -> dict:
   """
   v = protein.VOCAB_SIZE
   counts = np.full((v * v, v), 0.1)
-  source = ds._sources['train']
+  source = ds.splits['train']
   for i in range(len(source)):
     ids = protein.protein_tokens(source[i])
     tokens = np.concatenate([[protein.PAD, protein.BOS], ids, [protein.EOS]])

@@ -19,26 +19,51 @@ A SIGTERM (preemption notice) saves a checkpoint of the current step and
 exits with status 0; the same command resumes. See docs/scaling.md.
 """
 
+import contextlib
 import os
 import sys
 
-# Config files import `configs.common`; make the repository root importable
-# however this script is started.
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from performer import parallel, train
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from performer import parallel, train  # noqa: E402
+@contextlib.contextmanager
+def config_errors_exit():
+  """Turns a bad --config or override into one clear line and exit 1.
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config',
-  os.path.join(REPO, 'configs', 'lm_shakespeare.py'),
-  'Experiment config file, optionally with an argument: '
-  'configs/X.py:key=value,...; fields can be overridden with '
-  '--config.a.b=value.',
-)
+  ml_collections loads the config file and applies --config.a.b=v
+  overrides while the flag is defined and parsed: a misspelt field, a
+  missing file or a bad value would otherwise end in a raw traceback.
+  """
+  try:
+    yield
+  except flags.Error as error:
+    # An error inside the config file arrives with its traceback as text:
+    # its last line is the message.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    sys.exit(f'error: {lines[-1]}\nPass --helpshort or --helpfull for help.')
+  except KeyError as error:  # A misspelt field of an override.
+    message = str(error.args[0]) if error.args else str(error)
+    sys.exit('error: unknown config field ' + ' '.join(message.split('\n')))
+  except OSError as error:  # No such config file, or it failed to import.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    sys.exit(f'error: cannot load --config: {lines[-1] if lines else error}')
+  except (ValueError, TypeError, AttributeError) as error:
+    sys.exit(f'error: bad --config: {error}')
+
+
+with config_errors_exit():
+  _CONFIG = config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(REPO, 'configs', 'lm_shakespeare.py'),
+    'Experiment config file, optionally with an argument: '
+    'configs/X.py:key=value,...; fields can be overridden with '
+    '--config.a.b=value.',
+  )
 _DISTRIBUTED = flags.DEFINE_enum(
   'distributed',
   'auto',
@@ -88,8 +113,20 @@ def main(argv: list[str]) -> None:
   )
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = _WORKDIR.value or default_workdir(config_path)
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  with config_errors_exit():
+    config = _CONFIG.value
+    config.to_dict()  # A config that failed to load raises on first use.
+  try:
+    train.train_and_evaluate(config, workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    sys.exit(f'error: {error}')
+
+
+def parse_flags_or_exit(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one clear line for a bad flag or config."""
+  with config_errors_exit():
+    return flags.FLAGS(argv)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

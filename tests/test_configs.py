@@ -2,7 +2,8 @@
 
 Every experiment config loads, is locked (a misspelled field fails), takes
 `:attention=NAME`, and works with `--config.a.b=value` overrides the way
-scripts/train.py parses them.
+scripts/train.py parses them. Loading a config imports neither TensorFlow
+nor TensorFlow Datasets.
 """
 
 import glob
@@ -56,6 +57,26 @@ def test_parse_arg_types_and_defaults():
 
 def test_parse_arg_bare_value_sets_first_key():
   assert common.parse_arg('softmax', attention='favor').attention == 'softmax'
+
+
+def test_parse_arg_bare_first_value_with_more_items():
+  # The README's `lra_listops.py:favor,lite`: the variant, then a bool.
+  defaults = dict(attention='favor', lite=False, steps=10)
+  args = common.parse_arg('softmax,lite,steps=5', **defaults)
+  assert args.to_dict() == {'attention': 'softmax', 'lite': True, 'steps': 5}
+  # A bare first item that is a key stays a bool, as do later bare items.
+  args = common.parse_arg('lite,steps=5', **defaults)
+  assert args.to_dict() == {'attention': 'favor', 'lite': True, 'steps': 5}
+
+
+def test_parse_arg_bare_later_value_is_an_unknown_key():
+  defaults = dict(attention='favor', lite=False)
+  with pytest.raises(
+    ValueError, match=r"\['softmax'\]; valid keys: \['attention', 'lite'\]"
+  ):
+    common.parse_arg('lite,softmax', **defaults)
+  with pytest.raises(ValueError, match=r"\['lte'\].*\['attention', 'lite'\]"):
+    common.parse_arg('softmax,lte', **defaults)
 
 
 def test_parse_arg_unknown_key_lists_valid_keys():
@@ -154,6 +175,37 @@ def test_script_validates_before_writing(tmp_path):
   assert result.returncode != 0
   assert "schedule must be one of ('cosine'" in result.stderr
   assert not workdir.exists()
+
+
+CONFIG_MODULES = sorted(
+  'configs'
+  if os.path.basename(path) == '__init__.py'
+  else f'configs.{os.path.basename(path)[:-3]}'
+  for path in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+)
+# A fresh interpreter imports the module, calls get_config() if it has one
+# and prints which of these it pulled in.
+_HEAVY = ('tensorflow', 'tensorflow_datasets')
+_IMPORT_SCRIPT = """
+import importlib, sys
+module = importlib.import_module(sys.argv[1])
+if hasattr(module, 'get_config'):
+  module.get_config()
+print(sorted(m for m in {heavy} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize('module', CONFIG_MODULES)
+def test_config_module_imports_no_tensorflow(module):
+  result = subprocess.run(
+    [sys.executable, '-c', _IMPORT_SCRIPT.format(heavy=_HEAVY), module],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip().splitlines()[-1] == '[]', module
 
 
 def _module_doc(path: str) -> str:

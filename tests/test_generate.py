@@ -5,6 +5,8 @@ generated tokens with the tokens that a full forward pass over the growing
 sequence picks (greedy), so the cached path is checked end to end.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,3 +256,14 @@ def test_script_errors(workdir, tmp_path):
     gen.generate_text(path, 'x' * 40, num_tokens=1, temperature=1)
   with pytest.raises(ValueError, match='temperature'):
     gen.generate_text(path, 'a', num_tokens=1, temperature=-1.0)
+
+
+def test_a_classifier_workdir_is_not_a_language_model(tmp_path):
+  from configs import lra_listops
+
+  config = lra_listops.get_config('attention=softmax,lite')
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict()))
+  with pytest.raises(ValueError, match='not a language model') as error:
+    gen.generate_text(str(tmp_path), 'a', num_tokens=1, temperature=1)
+  assert "'classifier' model" in str(error.value)
+  assert "'classification' task of 'listops'" in str(error.value)

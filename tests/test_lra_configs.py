@@ -3,7 +3,7 @@
 Each config is locked and documented, takes every attention variant and
 `lite`, and has the public LRA code's settings (spot-checked against the
 table written out below). Each task's lite model, shrunk to toy size, takes
-one `train.train_step` (every variant does so on one task) and computes a
+one `steps.train_step` (every variant does so on one task) and computes a
 finite loss with every variant, on synthetic batches in the format of
 performer.data.classification (the data of three tasks needs a download).
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from performer import attention, train
+from performer import attention, optim, steps, tasks
 from performer import model as model_lib
 
 TASKS = ('listops', 'text', 'retrieval', 'image', 'pathfinder')
@@ -75,6 +75,15 @@ def test_locked_documented_and_arguments(task):
       with pytest.raises(AttributeError):
         config.num_train_step = 5  # A typo fails on a locked config.
   assert _config(task, 'softmax').model.attention == 'softmax'  # Bare value.
+  # A bare first value names the variant, also with more items after it.
+  for name in attention.names():
+    config = _config(task, f'{name},lite')
+    assert config.model.attention == name
+    assert config.to_dict() == _config(task, f'attention={name},lite').to_dict()
+  with pytest.raises(ValueError, match=r"\['softmax'\].*valid keys.*'lite'"):
+    _config(task, 'lite,softmax')  # Only the first item may be bare.
+  with pytest.raises(ValueError, match="'fast'.*valid names"):
+    _config(task, 'fast,lite')
   with pytest.raises(ValueError, match=r"\['atention'\].*valid keys"):
     _config(task, 'atention=softmax')
   with pytest.raises(ValueError, match="'fast'.*valid names"):
@@ -150,7 +159,7 @@ def test_favor_options_are_lras():
 def test_rsqrt_schedule_is_lras():
   """Our 'rsqrt' with lr = base / sqrt(warmup) is LRA's schedule."""
   config = _config('listops', 'favor')
-  _, schedule = train.make_optimizer(config)
+  _, schedule = optim.make_optimizer(config)
   base, warmup = 0.05, 1000
   for step in (0, 1, 500, 999, 1000, 1001, 2500, 4999):
     # LRA: base * min(1, step / warmup) / sqrt(max(step, warmup)).
@@ -220,12 +229,15 @@ def test_one_training_step(task, name):
   config, model = _toy_model(task, name)
   with config.unlocked():
     config.warmup_steps = 0  # A first step that moves the parameters.
-  tx, _ = train.make_optimizer(config)
+  tx, _ = optim.make_optimizer(config)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split(train.TrainState(model, optimizer))
+  graphdef, state = nnx.split(steps.TrainState(model, optimizer))
   before = jax.tree.map(np.array, nnx.state(model, nnx.Param))
   batch = _toy_batch(task, config.model.num_classes)
-  state, metrics = train.train_step(graphdef, state, batch, jax.random.key(0))
+  options = steps.StepOptions(task=tasks.get(tasks.task_of(config.data)))
+  state, metrics = steps.train_step(
+    graphdef, state, batch, jax.random.key(0), options
+  )
   assert math.isfinite(float(metrics['loss'])) and float(metrics['loss']) > 0
   assert math.isfinite(float(metrics['grad_norm']))
   trained = nnx.merge(graphdef, state)

@@ -231,6 +231,43 @@ def test_build_parses_the_file_once_and_cleans_up(tmp_path, monkeypatch):
   assert not [n for n in os.listdir(data_dir) if 'spill' in n]
 
 
+def _tree(root: str) -> list[tuple[str, int | None]]:
+  """Every path under `root`: (relative path, file size or None for a dir)."""
+  out = []
+  for directory, dirs, files in os.walk(root):
+    for name in dirs + files:
+      path = os.path.join(directory, name)
+      size = None if name in dirs else os.path.getsize(path)
+      out.append((os.path.relpath(path, root), size))
+  return sorted(out, key=lambda item: item[0])
+
+
+def test_failed_parse_leaves_nothing_under_data_dir(tmp_path):
+  bad = _write(tmp_path / 'bad.fasta', _fasta(_records(30)) + '>z\nM*\n')
+  data_dir = tmp_path / 'tfds'
+  data_dir.mkdir()
+  for _ in range(2):  # The same error again: no empty cache in the way.
+    with pytest.raises(ValueError, match=r"bad.fasta:\d+: invalid .*'z'"):
+      protein.data_sources(bad, str(data_dir))
+    assert _tree(str(data_dir)) == []
+
+
+def test_failed_parse_keeps_an_existing_cache(tmp_path, monkeypatch):
+  data_dir = str(tmp_path / 'tfds')
+  good = _write(tmp_path / 'good.fasta', _fasta(_records(60, seed=3)))
+  protein.data_sources(good, data_dir)
+  built = _tree(data_dir)
+  assert any(size for _, size in built)  # The dataset's files.
+  bad = _write(tmp_path / 'bad.fasta', _fasta(_records(30)) + '>z\nM*\n')
+  with pytest.raises(ValueError, match='bad.fasta'):
+    protein.data_sources(bad, data_dir)
+  assert _tree(data_dir) == built
+  # The good file's dataset is still there: read without parsing again.
+  monkeypatch.setattr(protein, 'parse_fasta', None)
+  sources = protein.data_sources(good, data_dir)
+  assert sum(len(s) for s in sources.values()) == 60
+
+
 def test_keys_spread_over_tfds_disk_buckets(tmp_path):
   """Keys in file order, spread over TFDS's buckets (see the builder).
 
@@ -421,3 +458,48 @@ def test_concatenated_windows(corpus):
   assert train['inputs'].shape == (4, 16)
   on = train['weights'] == 1
   assert (train['targets'][on] >= 4).all()
+
+
+def test_generate_from_a_protein_lm_speaks_amino_acids(corpus, tmp_path):
+  """The run's own tokenizer: letters in, letters out (not bytes)."""
+  from configs import common
+  from performer import generate, train
+
+  path, data_dir, _ = corpus
+  config = common.base_config()
+  config.data.update(
+    name='protein', path=path, data_dir=data_dir, seq_len=32, read_threads=1
+  )
+  config.model.update(
+    num_layers=1, emb_dim=16, qkv_dim=16, num_heads=2, mlp_dim=32
+  )
+  config.model.attention_options.favor.update(num_features=8, chunk_size=8)
+  config.update(
+    batch_size=4,
+    num_train_steps=2,
+    warmup_steps=1,
+    eval_every_steps=2,
+    eval_max_batches=1,
+    test_max_batches=1,
+    sample_num_tokens=0,
+  )
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  text = generate.generate_text(
+    workdir, 'MKV', num_tokens=20, temperature=1.0, seed=0
+  )
+  assert text.startswith('MKV')
+  # Letters, end-of-sequence newlines or masks: never control bytes.
+  assert set(text) <= set(protein.AMINO_ACIDS) | {'\n', '#'}, text
+  # The default prompt (a newline) is whitespace: generation starts at bos.
+  text = generate.generate_text(
+    workdir, '\n', num_tokens=5, temperature=1.0, seed=0
+  )
+  assert set(text) <= set(protein.AMINO_ACIDS) | {'\n', '#'}, text
+
+
+def test_protein_tokenizer_round_trip():
+  tokenizer = data_build.load_tokenizer({'name': 'protein', 'path': 'x.fa'})
+  ids = tokenizer.encode('MK V\n')
+  np.testing.assert_array_equal(ids, [protein.BOS, *_ids('MKV')])
+  assert tokenizer.decode(ids) == 'MKV'

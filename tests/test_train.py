@@ -9,6 +9,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -22,6 +24,7 @@ from performer import model as model_lib
 from performer import workdir as ckpt_lib
 from performer.data import build as data_build
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8  # The reference run; the resume test stops at STEPS // 2.
 # Metrics that measure time, which no two runs share.
 TIMINGS = ('tokens_per_sec', 'steps_per_sec')
@@ -377,3 +380,151 @@ def test_schedules():
   _, lr = optim.make_optimizer(base)
   assert float(lr(10)) == pytest.approx(1.0)
   assert float(lr(40)) == pytest.approx(0.5)  # sqrt(10 / 40).
+
+
+# ---------------------------------------------------------------------------
+# What went wrong for a new user (issue 14), each fixed.
+
+
+def test_resume_ignores_settings_that_cannot_change_the_run(
+  reference, corpus, tmp_path
+):
+  """An unused variant's option and data-loader tuning may change."""
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(reference[0], workdir)
+  config = _config(
+    corpus,
+    **{
+      'model.attention_options.sparse.block_size': 32,
+      'data.read_threads': 2,
+      'data.worker_buffer_size': 3,
+    },
+  )
+  result = train.train_and_evaluate(config, workdir)
+  assert result['step'] == STEPS
+  # The option of the variant the run uses still counts.
+  config = _config(corpus, **{'model.attention_options.favor.num_features': 12})
+  with pytest.raises(ValueError, match='attention_options.favor.num_features'):
+    train.train_and_evaluate(config, workdir)
+
+
+def test_bad_options_of_unused_variants_are_reported(corpus, tmp_path):
+  workdir = tmp_path / 'run'
+  config = _config(corpus, **{'model.attention_options.sparse.block_size': -7})
+  with pytest.raises(ValueError, match=r'sparse: block_size .*-7'):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_every_problem_of_a_config_is_reported_at_once(corpus, tmp_path):
+  workdir = tmp_path / 'run'
+  config = _config(
+    corpus,
+    learning_rate=-1.0,
+    end_lr_fraction=2.0,
+    b1=1.5,
+    eps=0.0,
+    sample_temperature=-0.5,
+    **{'model.num_layers': 0},
+  )
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  for part in (
+    'learning_rate must be in (0, inf), got -1.0',
+    'end_lr_fraction must be in [0, 1], got 2.0',
+    'b1 must be in [0, 1), got 1.5',
+    'eps must be in (0, inf), got 0.0',
+    'sample_temperature must be in [0, inf), got -0.5',
+    'model.num_layers must be a positive int, got 0',
+  ):
+    assert part in message, part
+  assert not workdir.exists()
+
+
+def test_warmup_longer_than_the_run_is_refused(corpus, tmp_path):
+  config = _config(corpus, warmup_steps=1000, num_train_steps=10)
+  with pytest.raises(ValueError, match='warmup_steps=1000 exceeds'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_fewer_steps_than_saved_is_refused_untouched(
+  reference, corpus, tmp_path
+):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(reference[0], workdir)
+  before = _snapshot(workdir)
+  config = _config(corpus, num_train_steps=STEPS // 2)
+  with pytest.raises(ValueError, match=f'at step {STEPS}, beyond'):
+    train.train_and_evaluate(config, workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_extending_a_cosine_run_says_the_schedule_changes(
+  reference, corpus, tmp_path, capsys
+):
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(reference[0], workdir)
+  config = _config(corpus, num_train_steps=STEPS + 2, eval_every_steps=2)
+  train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  _, old = optim.make_optimizer(_config(corpus))
+  _, new = optim.make_optimizer(config)
+  assert (
+    f'num_train_steps changed from {STEPS} to {STEPS + 2}, so the cosine '
+    f'schedule is recomputed: the learning rate at step {STEPS} goes from '
+    f'{float(old(STEPS)):.3g} to {float(new(STEPS)):.3g}'
+  ) in out
+
+
+def test_failed_init_from_leaves_nothing(corpus, tmp_path):
+  """A source run whose parameters do not fit: the new workdir stays empty."""
+  source = str(tmp_path / 'source')
+  train.train_and_evaluate(
+    _config(corpus, num_train_steps=2, **{'model.emb_dim': 16}), source
+  )
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match='shapes differ'):
+    train.train_and_evaluate(
+      _config(corpus, num_train_steps=2, init_from=source), str(workdir)
+    )
+  assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_workdir_that_is_a_file_is_refused(corpus, tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('keep me')
+  with pytest.raises(ValueError, match='is a file'):
+    train.train_and_evaluate(_config(corpus), str(path))
+  assert path.read_text() == 'keep me'
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (
+      ['--config.model.attention_options.favro.num_features=1'],
+      'error: unknown config field \'favro\' Did you mean "favor"',
+    ),
+    (['--config=configs/nope.py'], 'error: cannot load --config: '),
+    (
+      ['--config=configs/lra_listops.py:favr'],
+      "error: ValueError: unknown attention 'favr'",
+    ),
+    (['--config.warmup_steps=-1'], 'error: invalid config: warmup_steps'),
+  ],
+)
+def test_script_errors_are_one_clear_line(args, message, tmp_path):
+  script = os.path.join(REPO, 'scripts', 'train.py')
+  run = subprocess.run(
+    [sys.executable, script, f'--workdir={tmp_path / "run"}', *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
+  assert run.returncode == 1
+  assert run.stderr.strip().startswith(message), run.stderr
+  assert 'Traceback' not in run.stderr
+  assert not (tmp_path / 'run').exists()

@@ -178,9 +178,7 @@ def load(path: str, *, seq_len: int) -> dict[str, Pairs]:
   }
 
 
-def create(
-  c, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
-) -> classification.ClassificationDatasets:
+def create(c, **options) -> classification.ClassificationDatasets:
   """Builds the byte-level AAN pairs task from the validated data config `c`.
 
   `c.path` is the directory with the TSV files; `c.seq_len` is the length
@@ -190,16 +188,12 @@ def create(
     FileNotFoundError: missing directory or files.
     ValueError: a malformed line.
   """
-  return classification.from_config(
+  return classification.ClassificationDatasets.from_config(
     c,
-    load(c.path, seq_len=c.seq_len),
-    name='aan',
+    splits=load(c.path, seq_len=c.seq_len),
     vocab_size=tfds_source.BYTE_VOCAB_SIZE,
     num_classes=NUM_CLASSES,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
     pair=True,
     truncate=True,
+    **options,
   )

@@ -26,7 +26,6 @@ from performer.data import (
   tfds_lm,
   tokenizers,
 )
-from performer.data.lm import Datasets
 
 
 def _spm_text_sample(split, sample_bytes: int) -> Iterator[str]:
@@ -81,11 +80,18 @@ def _spm_path(c) -> str:
 def load_tokenizer(data_config: Mapping[str, Any]):
   """The tokenizer a trained model of `data_config` uses, without the data.
 
+  Bytes, a SentencePiece model, or amino-acid letters for proteins.
+
   Raises:
     ValueError: an invalid data config.
     FileNotFoundError: a SentencePiece model that was never trained.
   """
   c = validate.check_data(data_config)
+  if c.name in PROTEIN_NAMES:
+    # Imported here, like the dataset itself: it pulls in its TFDS builder.
+    from performer.data import protein
+
+    return protein.AminoAcidTokenizer()
   if c.tokenizer == 'byte':
     return tokenizers.ByteTokenizer()
   return tokenizers.SentencePieceTokenizer(_spm_path(c))
@@ -127,11 +133,13 @@ def create(
     shard_count: number of processes that share the data.
 
   Returns:
-    For the LM corpora, `Datasets` with `train_loader()`,
-    `eval_batches(split)`, `encode`, `decode` and `vocab_size`; for the
-    classification tasks, `classification.ClassificationDatasets`; for
-    protein, `protein.ProteinDatasets`. Each has `task` ('lm', 'mlm',
-    'classification' or 'retrieval'): what the trainer optimizes.
+    A `loader.Datasets`, with `train_loader()`, `eval_batches(split)`,
+    `eval_splits`, `vocab_size`, `seq_len` and `task` ('lm', 'mlm',
+    'classification' or 'retrieval'): what the trainer optimizes. For the
+    LM corpora `lm.Datasets` (with `encode` and `decode`); for the
+    classification tasks `classification.ClassificationDatasets` (with
+    `num_classes`); for protein `protein.ProteinDatasets` (with `encode`
+    and `decode`).
 
   Raises:
     ValueError: an invalid option or a corpus too small.
@@ -145,16 +153,16 @@ def create(
       f'need 0 <= shard_index < shard_count, got {shard_index}, {shard_count}'
     )
 
+  options = dict(
+    batch_size=batch_size,
+    seed=seed,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
   if c.name in CLASSIFICATION_NAMES + PROTEIN_NAMES:
     # Imported here: each task module pulls in only what it needs.
     module = importlib.import_module(f'performer.data.{c.name}')
-    return module.create(
-      c,
-      batch_size=batch_size,
-      seed=seed,
-      shard_index=shard_index,
-      shard_count=shard_count,
-    )
+    return module.create(c, **options)
   if c.name == 'shakespeare':
     streams = shakespeare.load(c.data_dir)
   elif c.name == 'text_files':
@@ -182,16 +190,6 @@ def create(
     for split, data in streams.items():
       ids = tokenizer.encode_long(bytes(data[:]))
       splits[split] = lm.StreamSplit(f'{c.name}:{split}', ids)
-  return Datasets(
-    name=c.name,
-    splits=splits,
-    tokenizer=tokenizer,
-    seq_len=c.seq_len,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    worker_count=c.worker_count,
-    worker_buffer_size=c.worker_buffer_size,
-    read_threads=c.read_threads,
+  return lm.Datasets.from_config(
+    c, splits=splits, tokenizer=tokenizer, **options
   )

@@ -103,9 +103,7 @@ def load(
   return splits
 
 
-def create(
-  c, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
-) -> classification.ClassificationDatasets:
+def create(c, **options) -> classification.ClassificationDatasets:
   """Builds the gray CIFAR-10 task from the validated data config `c`.
 
   Raises:
@@ -117,14 +115,10 @@ def create(
       f'data.seq_len={c.seq_len} is shorter than the {NUM_PIXELS} pixels of '
       f'a 32x32 CIFAR-10 image; set data.seq_len={NUM_PIXELS}'
     )
-  return classification.from_config(
+  return classification.ClassificationDatasets.from_config(
     c,
-    load(data_dir=c.data_dir, download=c.tfds_download),
-    name='cifar10',
+    splits=load(data_dir=c.data_dir, download=c.tfds_download),
     vocab_size=VOCAB_SIZE,
     num_classes=NUM_CLASSES,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
+    **options,
   )

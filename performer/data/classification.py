@@ -19,18 +19,15 @@ policy is to truncate) every sequence to `seq_len` and batches them:
 real tokens and weight 0 marks padding rows of the last evaluation batch.
 """
 
-import math
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import grain
 import numpy as np
 
-from performer.data import lm
-
-SPLITS = ('train', 'validation', 'test')
-PAIR_KEYS = ('inputs1', 'inputs2')
-SINGLE_KEYS = ('inputs',)
+from performer import tasks
+from performer.data import loader
 
 
 def pad_tokens(
@@ -85,174 +82,63 @@ class ToPadded(grain.transforms.Map):
     return out
 
 
-class ClassificationDatasets:
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
+class ClassificationDatasets(loader.Datasets):
   """A classification task ready for the trainer.
 
+  `task` is 'classification' (one sequence) or 'retrieval' (a pair); the
+  sequences of an example are the task's inputs (`performer.tasks`).
+
   Attributes:
-    task: 'classification' (one sequence) or 'retrieval' (a pair).
-    name: the dataset ('listops', 'imdb', 'aan', 'cifar10', 'pathfinder').
+    splits: split name -> random-access examples (module docstring).
     vocab_size: number of token ids (0 is padding).
     num_classes: number of labels.
-    seq_len: padded length of every sequence.
-    eval_splits: the splits `eval_batches` accepts.
+    pair: whether examples are pairs ('inputs1', 'inputs2').
+    truncate: whether sequences longer than `seq_len` are cut (else an
+      error when they are read).
+    (The rest: see `loader.Datasets`.)
   """
 
-  def __init__(
-    self,
-    *,
-    name: str,
-    splits: dict[str, Sequence[dict[str, Any]]],
-    vocab_size: int,
-    num_classes: int,
-    seq_len: int,
-    batch_size: int,
-    seed: int,
-    pair: bool = False,
-    truncate: bool = False,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    worker_buffer_size: int = 1,
-    read_threads: int = 4,
-  ):
-    """Opens the train loader at once, so a split too small fails here.
+  vocab_size: int
+  num_classes: int
+  pair: bool = False
+  truncate: bool = False
 
-    Args:
-      name: the dataset.
-      splits: split name -> random-access examples; 'train' is required.
-      vocab_size: number of token ids.
-      num_classes: number of labels.
-      seq_len: padded length.
-      batch_size: examples per batch in this process.
-      seed: shuffles training; taken modulo 2**32 (grain's seed range).
-      pair: whether examples are pairs ('inputs1', 'inputs2').
-      truncate: whether sequences longer than `seq_len` are cut (else an
-        error when they are read).
-      shard_index: this process's shard of the data.
-      shard_count: number of shards (processes).
-      worker_count: grain worker processes (0: load in this process).
-      worker_buffer_size: batches each worker prepares ahead.
-      read_threads: grain's reader threads.
-    """
-    if 'train' not in splits:
-      raise ValueError(f'{name} has no train split')
-    self.task = 'retrieval' if pair else 'classification'
-    self.name = name
-    self.vocab_size = int(vocab_size)
-    self.num_classes = int(num_classes)
-    self.seq_len = seq_len
-    self.eval_splits = tuple(s for s in SPLITS if s in splits)
-    self._splits = splits
-    self._batch_size = batch_size
-    self._shard_index = shard_index
-    self._shard_count = shard_count
-    self._pad = ToPadded(seq_len, truncate, PAIR_KEYS if pair else SINGLE_KEYS)
-    train = splits['train']
-    if len(train) < shard_count * batch_size:
+  def _setup(self) -> None:
+    self._require_train()
+    self.task = 'retrieval' if self.pair else 'classification'
+    self.vocab_size = int(self.vocab_size)
+    self.num_classes = int(self.num_classes)
+    # The task's sequences are its inputs besides their masks.
+    inputs = tasks.get(self.task).inputs
+    keys = tuple(k for k in inputs if k.startswith('inputs'))
+    self._pad = ToPadded(self.seq_len, self.truncate, keys)
+    empty = {k: np.zeros(0, np.int32) for k in keys}
+    # An all-padding example, weight 0 once zeroed.
+    padding = self._pad.map({**empty, 'targets': 0})
+    self._padding = {k: np.zeros_like(v) for k, v in padding.items()}
+
+  def _open_train_loader(self) -> grain.DataLoader:
+    train = self.splits['train']
+    if len(train) < self.shard_count * self.batch_size:
       raise ValueError(
-        f'{name} has {len(train)} training examples, fewer than one batch '
-        f'per process ({batch_size} x {shard_count} processes)'
+        f'{self.name} has {len(train)} training examples, fewer than one '
+        f'batch per process ({self.batch_size} x {self.shard_count} '
+        'processes)'
       )
-    self._train_loader = lm.shuffled_loader(
-      train,
-      [self._pad],
-      batch_size=batch_size,
-      seed=seed % 2**32,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size,
-      read_threads=read_threads,
-    )
+    return loader.shuffled_loader(train, [self._pad], **self.loader_options)
 
-  def train_loader(self) -> grain.DataLoader:
-    """Returns the infinite loader of shuffled, sharded train batches.
-
-    `iter(loader)` is a checkpointable `grain.DataLoaderIterator`.
-    """
-    return self._train_loader
-
-  def eval_batches(
-    self, split: str, max_batches: int = 0
+  def _eval_batches(
+    self, split: str, max_batches: int
   ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields one deterministic pass over `split` in fixed-shape batches.
-
-    Example j goes to shard j % shard_count. Every shard yields the same
-    number of batches (what the largest shard needs, at most `max_batches`
-    when > 0), padding with weight-0 rows, so that processes evaluating in
-    lockstep stay in step.
-
-    Args:
-      split: 'validation', 'test' or 'train'.
-      max_batches: stop after this many batches (0: the whole split).
-    """
-    if split not in self._splits:
-      raise ValueError(
-        f'{self.name} has no {split!r} split; it has {self.eval_splits}'
-      )
-    examples = self._splits[split]
-    n = len(examples)
-    mine = np.arange(self._shard_index, n, self._shard_count)
-    size = self._batch_size
-    num_batches = math.ceil(math.ceil(n / self._shard_count) / size)
-    if max_batches:
-      num_batches = min(num_batches, max_batches)
-    for b in range(num_batches):
-      rows = [self._pad.map(examples[int(i)]) for i in mine[b * size :][:size]]
-      while len(rows) < size:
-        padding = {k: np.zeros_like(v) for k, v in self._pad_row().items()}
-        rows.append(padding)
-      yield {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-
-  def _pad_row(self) -> dict[str, np.ndarray]:
-    """An all-padding example (weight 0 once zeroed)."""
-    empty = {k: np.zeros(0, np.int32) for k in self._pad.keys}
-    return self._pad.map({**empty, 'targets': 0})
-
-  def __repr__(self) -> str:
-    return (
-      f'ClassificationDatasets(name={self.name!r}, task={self.task!r}, '
-      f'vocab_size={self.vocab_size}, num_classes={self.num_classes}, '
-      f'seq_len={self.seq_len}, splits={self.eval_splits})'
+    """One padded example per row; example j goes to shard j % shard_count."""
+    examples = self.splits[split]
+    return self._sharded_batches(
+      len(examples),
+      lambda j: self._pad.map(examples[j]),
+      self._padding,
+      max_batches,
     )
 
-
-def from_config(
-  c,
-  splits: dict[str, Sequence[dict[str, Any]]],
-  *,
-  name: str,
-  vocab_size: int,
-  num_classes: int,
-  batch_size: int,
-  seed: int,
-  shard_index: int,
-  shard_count: int,
-  pair: bool = False,
-  truncate: bool = False,
-) -> ClassificationDatasets:
-  """Wraps a task's `splits` with the length and loader options of `c`.
-
-  Args:
-    c: the validated data config (seq_len, worker_count,
-      worker_buffer_size, read_threads).
-    splits: split name -> random-access examples.
-    name, vocab_size, num_classes, batch_size, seed, shard_index,
-      shard_count, pair, truncate: as for `ClassificationDatasets`.
-  """
-  return ClassificationDatasets(
-    name=name,
-    splits=splits,
-    vocab_size=vocab_size,
-    num_classes=num_classes,
-    seq_len=c.seq_len,
-    batch_size=batch_size,
-    seed=seed,
-    pair=pair,
-    truncate=truncate,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    worker_count=c.worker_count,
-    worker_buffer_size=c.worker_buffer_size,
-    read_threads=c.read_threads,
-  )
+  def _describe(self) -> dict[str, Any]:
+    return {**super()._describe(), 'num_classes': self.num_classes}

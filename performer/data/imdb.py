@@ -80,9 +80,7 @@ def load(
   return splits
 
 
-def create(
-  c, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
-) -> classification.ClassificationDatasets:
+def create(c, **options) -> classification.ClassificationDatasets:
   """Builds the byte-level IMDb task from the validated data config `c`.
 
   Raises:
@@ -91,15 +89,11 @@ def create(
   splits = load(
     seq_len=c.seq_len, data_dir=c.data_dir, download=c.tfds_download
   )
-  return classification.from_config(
+  return classification.ClassificationDatasets.from_config(
     c,
-    splits,
-    name='imdb',
+    splits=splits,
     vocab_size=tfds_source.BYTE_VOCAB_SIZE,
     num_classes=NUM_CLASSES,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
     truncate=True,
+    **options,
   )

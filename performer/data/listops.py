@@ -64,7 +64,6 @@ TOKEN_IDS = {token: i for i, token in enumerate(VOCAB)}
 VOCAB_SIZE = len(VOCAB)
 NUM_CLASSES = 10
 MAX_DEPTH = 10
-MAX_ARGS = 10
 # The published set: 96,000 / 2,000 / 2,000 trees of 500 < length < 2000.
 SPLIT_SIZES = {'train': 96_000, 'validation': 2_000, 'test': 2_000}
 # The evaluation splits come first in the generated order.
@@ -349,9 +348,7 @@ def load(
   return splits
 
 
-def create(
-  c, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
-) -> classification.ClassificationDatasets:
+def create(c, **options) -> classification.ClassificationDatasets:
   """Builds ListOps from the validated data config `c`.
 
   Sizes come from c.num_train, c.num_validation, c.num_test (0: the
@@ -373,14 +370,10 @@ def create(
     for split, default in SPLIT_SIZES.items()
   }
   splits = load(c.data_dir, sizes, c.min_length, c.max_length)
-  return classification.from_config(
+  return classification.ClassificationDatasets.from_config(
     c,
-    splits,
-    name='listops',
+    splits=splits,
     vocab_size=VOCAB_SIZE,
     num_classes=NUM_CLASSES,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
+    **options,
   )

@@ -19,6 +19,7 @@ An example is a window of `seq_len + 1` tokens: inputs are its first
 `seq_len`, targets its last `seq_len`.
 """
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -26,12 +27,10 @@ from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
 
-from performer.data import tokenizers
+from performer.data import loader, tokenizers
 
 Tokenizer = tokenizers.ByteTokenizer | tokenizers.SentencePieceTokenizer
-SPLITS = ('train', 'validation', 'test')
 
 
 class FileBytes:
@@ -132,32 +131,39 @@ class DocumentSplit:
 
 
 class StreamWindows:
-  """Grain data source: the windows of `seq_len + 1` tokens of a stream.
+  """Grain data source: the windows of `seq_len + extra` tokens of a stream.
 
   Record k is the window starting at token k, so there is one record per
-  start offset and consecutive records overlap.
+  start offset and consecutive records overlap. `extra` is 1 here (the
+  window holds the inputs and, shifted by one, the targets); a subclass
+  sets 0 for windows that are their own targets (masked tokens).
   """
 
+  extra = 1
+
   def __init__(self, split: StreamSplit, seq_len: int):
-    if len(split) < seq_len + 1:
+    length = seq_len + self.extra
+    if len(split) < length:
+      needed = f'seq_len + {self.extra}' if self.extra else 'seq_len'
       raise ValueError(
-        f'{split.name} has {len(split)} tokens, fewer than seq_len + 1 = '
-        f'{seq_len + 1}: too short to train on'
+        f'{split.name} has {len(split)} tokens, fewer than {needed} = '
+        f'{length}: too short to train on'
       )
     self._tokens = split.tokens()
     self._name = split.name
     self._seq_len = seq_len
+    self._length = length
 
   def __len__(self) -> int:
-    return len(self._tokens) - self._seq_len
+    return len(self._tokens) - self._length + 1
 
   def __getitem__(self, key: int) -> np.ndarray:
-    return np.asarray(self._tokens[key : key + self._seq_len + 1], np.int32)
+    return np.asarray(self._tokens[key : key + self._length], np.int32)
 
   def __repr__(self) -> str:
     # Grain compares this in a restored state: keep it free of addresses.
     return (
-      f'StreamWindows({self._name!r}, tokens={len(self._tokens)}, '
+      f'{type(self).__name__}({self._name!r}, tokens={len(self._tokens)}, '
       f'seq_len={self._seq_len})'
     )
 
@@ -259,13 +265,7 @@ def train_loader(
   *,
   tokenizer: Tokenizer,
   seq_len: int,
-  batch_size: int,
-  seed: int,
-  shard_index: int,
-  shard_count: int,
-  worker_count: int = 0,
-  worker_buffer_size: int = 1,
-  read_threads: int = 4,
+  **options,
 ) -> grain.DataLoader:
   """Returns the infinite, shuffled, sharded grain loader of train batches.
 
@@ -273,6 +273,13 @@ def train_loader(
   documents), shuffled with `seed` and reshuffled every epoch. The random
   start inside a document comes from grain's per-record generator, seeded by
   (seed, record index), so a restored iterator replays exactly.
+
+  Args:
+    split: the train split.
+    tokenizer: tokenizes documents (unused for a stream).
+    seq_len: tokens per example.
+    **options: batch_size, seed, shard_index, shard_count and grain's
+      settings, as for `loader.shuffled_loader`.
   """
   if isinstance(split, StreamSplit):
     source = StreamWindows(split, seq_len)
@@ -280,71 +287,12 @@ def train_loader(
   else:
     source = DocumentKeys(split)
     operations = [DocumentWindow(split, tokenizer, seq_len)]
-  if len(source) < shard_count:
+  if len(source) < options['shard_count']:
     raise ValueError(
       f'{split.name} has {len(source)} training records, fewer than '
-      f'shard_count = {shard_count}'
+      f'shard_count = {options["shard_count"]}'
     )
-  return shuffled_loader(
-    source,
-    operations + [ToExample()],
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    worker_count=worker_count,
-    worker_buffer_size=worker_buffer_size,
-    read_threads=read_threads,
-  )
-
-
-def shuffled_loader(
-  source: Sequence[Any],
-  operations: list,
-  *,
-  batch_size: int,
-  seed: int,
-  shard_index: int,
-  shard_count: int,
-  worker_count: int = 0,
-  worker_buffer_size: int = 1,
-  read_threads: int = 4,
-) -> grain.DataLoader:
-  """The infinite, shuffled, sharded grain loader every task trains from.
-
-  Each shard gets its own contiguous range of `source`'s records, shuffled
-  with `seed` and reshuffled every epoch; `operations` map each record and
-  then batches of `batch_size` are formed (the last partial one dropped).
-  The iterator's state (`get_state` / `set_state`) replays exactly.
-  """
-  if worker_count and not flags.FLAGS.is_parsed():
-    # Grain's worker processes read absl flags, which only a program run by
-    # absl.app has parsed; an unparsed set fails in the workers.
-    flags.FLAGS.mark_as_parsed()
-  shard_options = grain.sharding.ShardOptions(
-    shard_index=shard_index, shard_count=shard_count, drop_remainder=True
-  )
-  sampler = grain.samplers.IndexSampler(
-    num_records=len(source),
-    shard_options=shard_options,
-    shuffle=True,
-    num_epochs=None,
-    seed=seed,
-  )
-  return grain.DataLoader(
-    data_source=source,
-    sampler=sampler,
-    operations=[
-      *operations,
-      grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
-    ],
-    worker_count=worker_count,
-    worker_buffer_size=worker_buffer_size,
-    shard_options=shard_options,
-    read_options=grain.ReadOptions(
-      num_threads=read_threads, prefetch_buffer_size=2 * batch_size
-    ),
-  )
+  return loader.shuffled_loader(source, [*operations, ToExample()], **options)
 
 
 def eval_batches(
@@ -390,116 +338,57 @@ def eval_batches(
     yield {key: np.pad(value, pad) for key, value in batch.items()}
 
 
-class Datasets:
-  """A language-model corpus ready for the trainer.
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
+class Datasets(loader.Datasets):
+  """A language-model corpus ready for the trainer (task 'lm').
 
   Attributes:
-    vocab_size: number of token ids (256 for bytes).
-    task: 'lm'.
-    name: the corpus ('shakespeare', 'text_files', 'lm1b', 'pg19').
-    seq_len: tokens per example.
-    eval_splits: the splits `eval_batches` accepts.
+    splits: split name -> `StreamSplit` or `DocumentSplit`.
+    tokenizer: the tokenizer the splits use; `vocab_size` is its own (256
+      for bytes).
+    (The rest: see `loader.Datasets`.)
   """
 
-  task = 'lm'
+  tokenizer: Tokenizer
 
-  def __init__(
-    self,
-    *,
-    name: str,
-    splits: dict[str, StreamSplit | DocumentSplit],
-    tokenizer: Tokenizer,
-    seq_len: int,
-    batch_size: int,
-    seed: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    worker_buffer_size: int = 1,
-    read_threads: int = 4,
-  ):
-    """Opens the train loader at once, so a corpus too small fails here.
+  def _setup(self) -> None:
+    self.task = 'lm'
+    self.vocab_size = int(self.tokenizer.vocab_size)
+    self._require_train()
 
-    Args:
-      name: the corpus.
-      splits: split name -> stream or documents; 'train' is required.
-      tokenizer: the tokenizer the splits use.
-      seq_len: tokens per example.
-      batch_size: examples per batch in this process.
-      seed: shuffles training; taken modulo 2**32 (grain's seed range).
-      shard_index: this process's shard of the data.
-      shard_count: number of shards (processes).
-      worker_count: grain worker processes (0: load in this process).
-      worker_buffer_size: batches each worker prepares ahead.
-      read_threads: grain's reader threads.
-    """
-    self.name = name
-    self.tokenizer = tokenizer
-    self.vocab_size = int(tokenizer.vocab_size)
-    self.seq_len = seq_len
-    self.eval_splits = tuple(s for s in SPLITS if s in splits)
-    self._splits = splits
-    self._batch_size = batch_size
-    self._shard_index = shard_index
-    self._shard_count = shard_count
-    if 'train' not in splits:
-      raise ValueError(f'{name} has no train split')
-    self._train_loader = train_loader(
-      splits['train'],
-      tokenizer=tokenizer,
-      seq_len=seq_len,
-      batch_size=batch_size,
-      seed=seed % 2**32,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size,
-      read_threads=read_threads,
+  def _open_train_loader(self) -> grain.DataLoader:
+    return train_loader(
+      self.splits['train'],
+      tokenizer=self.tokenizer,
+      seq_len=self.seq_len,
+      **self.loader_options,
     )
 
-  def train_loader(self) -> grain.DataLoader:
-    """Returns the infinite loader of shuffled, sharded train batches.
-
-    `iter(loader)` is a `grain.DataLoaderIterator`: `get_state()` and
-    `set_state(state)` save and restore its position exactly (the trainer
-    saves it with Orbax through `grain.checkpoint.CheckpointSave`).
-    """
-    return self._train_loader
-
-  def eval_batches(
-    self, split: str, max_batches: int = 0
+  def _eval_batches(
+    self, split: str, max_batches: int
   ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields one deterministic pass over `split` in fixed-shape batches.
-
-    Args:
-      split: 'validation', 'test' or 'train'.
-      max_batches: stop after this many batches (0: the whole split).
+    """The non-overlapping windows of the split (see `eval_batches`).
 
     Yields:
       {'inputs', 'targets': int32 [B, L], 'weights': float32 [B, L]}, where
-      weight 0 marks padding. Every process yields the same number of
-      batches over its own share of the windows.
+      weight 0 marks padding.
     """
-    if split not in self._splits:
-      raise ValueError(
-        f'{self.name} has no {split!r} split; it has {self.eval_splits}'
-      )
-    data = self._splits[split]
+    data = self.splits[split]
     if isinstance(data, StreamSplit):
       tokens = data.tokens()
     else:
       limit = 0
       if max_batches:
-        windows = max_batches * self._batch_size * self._shard_count
+        windows = max_batches * self.batch_size * self.shard_count
         limit = windows * self.seq_len + 1
       tokens = data.tokens(self.tokenizer, limit)
     return eval_batches(
       tokens,
       name=data.name,
       seq_len=self.seq_len,
-      batch_size=self._batch_size,
-      shard_index=self._shard_index,
-      shard_count=self._shard_count,
+      batch_size=self.batch_size,
+      shard_index=self.shard_index,
+      shard_count=self.shard_count,
       max_batches=max_batches,
     )
 
@@ -510,9 +399,3 @@ class Datasets:
   def decode(self, tokens) -> str:
     """Returns the text of token ids (bytes decode with errors='replace')."""
     return self.tokenizer.decode(tokens)
-
-  def __repr__(self) -> str:
-    return (
-      f'Datasets(name={self.name!r}, vocab_size={self.vocab_size}, '
-      f'seq_len={self.seq_len}, splits={self.eval_splits})'
-    )

@@ -48,7 +48,7 @@ slow to draw at every read for 200 epochs, so `create` draws each split
 once, in parallel processes, into
 `<data_dir>/pathfinder/<size>_<difficulty>_seed0_v1/<split>-<n>.npy`
 (uint8, memory-mapped, written atomically); a cached split at least as long
-serves a smaller request. `GeneratedExamples` draws on the fly instead.
+serves a smaller request.
 Default sizes: 200,000 images cut 80/10/10 (the release's size per
 difficulty for pathfinder32).
 
@@ -364,45 +364,6 @@ def split_sizes(c, total: int) -> dict[str, int]:
   return sizes
 
 
-class GeneratedExamples:
-  """Random-access generated examples of one split, drawn when read."""
-
-  def __init__(
-    self, split: str, size: int, image_size: int, difficulty: str, seed: int
-  ):
-    geometry(image_size, difficulty)  # Checks the arguments.
-    self.split = split
-    self.size = size
-    self.image_size = image_size
-    self.difficulty = difficulty
-    self.seed = seed
-
-  def __len__(self) -> int:
-    return self.size
-
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    if not 0 <= index < self.size:
-      raise IndexError(
-        f'pathfinder {self.split}: index {index} not in [0, {self.size})'
-      )
-    image, label = generate_image(
-      index,
-      split=self.split,
-      image_size=self.image_size,
-      difficulty=self.difficulty,
-      seed=self.seed,
-    )
-    return {'inputs': image.reshape(-1).astype(np.int32), 'targets': label}
-
-  def __repr__(self) -> str:
-    return (
-      f'pathfinder.GeneratedExamples({self.split!r}, {self.size}, '
-      f'image_size={self.image_size}, difficulty={self.difficulty!r}, '
-      f'seed={self.seed})'
-    )
-
-
 def _generate_rows(
   split: str, start: int, stop: int, image_size: int, difficulty: str, seed: int
 ) -> np.ndarray:
@@ -659,9 +620,7 @@ def load_release(c) -> dict[str, ReleaseExamples]:
   return splits
 
 
-def create(
-  c, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
-) -> classification.ClassificationDatasets:
+def create(c, **options) -> classification.ClassificationDatasets:
   """Builds Pathfinder from the validated data config `c`.
 
   Generated images by default; the LRA release when c.path is set. Sizes
@@ -686,14 +645,10 @@ def create(
     splits = load_generated(
       c.data_dir, split_sizes(c, NUM_EXAMPLES), c.image_size, c.difficulty
     )
-  return classification.from_config(
+  return classification.ClassificationDatasets.from_config(
     c,
-    splits,
-    name='pathfinder',
+    splits=splits,
     vocab_size=VOCAB_SIZE,
     num_classes=NUM_CLASSES,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
+    **options,
   )

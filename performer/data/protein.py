@@ -75,23 +75,24 @@ Examples (`ProteinDatasets`):
   is held in memory at one byte per token.
 """
 
+import dataclasses
 import fcntl
 import hashlib
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from performer.data import lm, tfds_source
+from performer import tasks
+from performer.data import OBJECTIVES, lm, loader, tfds_source
+from performer.data.loader import SPLITS
 
 TFDS_NAME = 'protein_fasta'
-SPLITS = ('train', 'validation', 'test')
-OBJECTIVES = ('causal', 'masked')
 
 PAD, MASK, BOS, EOS = 0, 1, 2, 3
 SPECIAL_TOKENS = ('<pad>', '<mask>', '<bos>', '<eos>')
@@ -212,6 +213,23 @@ def encode_sequence(sequence: str | bytes) -> np.ndarray:
       f'invalid amino-acid letter {bad!r}; valid letters: {AMINO_ACIDS}'
     )
   return ids.astype(np.int32)
+
+
+class AminoAcidTokenizer:
+  """Text <-> token ids of a protein model: letters, bos first.
+
+  What a trained protein LM reads and writes: `encode` gives bos and the
+  ids of the letters (whitespace ignored), `decode` the letters back.
+  """
+
+  vocab_size = VOCAB_SIZE
+
+  def encode(self, text: str) -> np.ndarray:
+    letters = ''.join(text.split())
+    return np.concatenate([[BOS], encode_sequence(letters)]).astype(np.int32)
+
+  def decode(self, ids) -> str:
+    return decode_tokens(ids)
 
 
 def decode_tokens(ids) -> str:
@@ -338,6 +356,49 @@ def spill_splits(path: str, spill_dir: str) -> dict[str, int]:
   return counts
 
 
+def _prepare(builder: ProteinFasta, data_dir: str) -> None:
+  """Builds the dataset; a failed build leaves nothing new under data_dir.
+
+  TFDS makes the dataset's directories (and its download directory)
+  before our generator parses the file, and on an error removes only its
+  temporary files: the empty directories that this build made are removed
+  here, so that an unchanged bad file gives the same error each time and
+  no empty cache is left. Only empty directories are removed, never a file:
+  an existing dataset is never touched.
+  """
+  dataset_dir = os.path.join(data_dir, TFDS_NAME)
+  before = {
+    data_dir: set(os.listdir(data_dir)),
+    dataset_dir: set(os.listdir(dataset_dir))
+    if os.path.isdir(dataset_dir)
+    else set(),
+  }
+  try:
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
+  except BaseException:
+    builder.remove_spill()
+    # The dataset's own directory first: it is inside data_dir.
+    for parent in (dataset_dir, data_dir):
+      if os.path.isdir(parent):
+        for name in set(os.listdir(parent)) - before[parent]:
+          _remove_empty_dirs(os.path.join(parent, name))
+    raise
+  builder.remove_spill()
+
+
+def _remove_empty_dirs(path: str) -> None:
+  """Removes `path` and the directories below it that hold no file."""
+  if not os.path.isdir(path) or os.path.islink(path):
+    return
+  for root, _, _ in os.walk(path, topdown=False):
+    try:
+      os.rmdir(root)  # Fails, and keeps it, unless it is empty.
+    except OSError:
+      pass
+
+
 def data_sources(path: str, data_dir: str = '') -> dict:
   """The TFDS data source of each split of FASTA file `path`.
 
@@ -363,15 +424,14 @@ def data_sources(path: str, data_dir: str = '') -> dict:
   builder = ProteinFasta(
     config=config, data_dir=data_dir, file_format='array_record'
   )
-  # Processes that start together would all build it; one builds.
-  with open(os.path.join(data_dir, f'.{TFDS_NAME}.lock'), 'w') as lock:
+  # Processes that start together would all build it; one builds. The
+  # lock is data_dir itself, so that a failed build leaves no lock file.
+  lock = os.open(data_dir, os.O_RDONLY)
+  try:
     fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-      )
-    finally:
-      builder.remove_spill()
+    _prepare(builder, data_dir)
+  finally:
+    os.close(lock)
   sources = {}
   for split in SPLITS:
     # A dataset built before empty splits were an error may lack one.
@@ -454,30 +514,10 @@ class Proteins:
     return f'Proteins({self._name!r}, records={len(self)})'
 
 
-class MaskedWindows:
+class MaskedWindows(lm.StreamWindows):
   """Grain data source: the windows of `seq_len` tokens of a stream."""
 
-  def __init__(self, split: lm.StreamSplit, seq_len: int):
-    if len(split) < seq_len:
-      raise ValueError(
-        f'{split.name} has {len(split)} tokens, fewer than seq_len = '
-        f'{seq_len}: too short to train on'
-      )
-    self._tokens = split.tokens()
-    self._name = split.name
-    self._seq_len = seq_len
-
-  def __len__(self) -> int:
-    return len(self._tokens) - self._seq_len + 1
-
-  def __getitem__(self, key: int) -> np.ndarray:
-    return np.asarray(self._tokens[key : key + self._seq_len], np.int32)
-
-  def __repr__(self) -> str:
-    return (
-      f'MaskedWindows({self._name!r}, tokens={len(self._tokens)}, '
-      f'seq_len={self._seq_len})'
-    )
+  extra = 0
 
 
 class CausalProtein(grain.transforms.Map):
@@ -520,144 +560,67 @@ class MaskTokens(grain.transforms.RandomMap):
 # Datasets.
 
 
-def _train_loader(source, operations: list, **options) -> grain.DataLoader:
-  """`lm.shuffled_loader`, with a clear error for a split too small."""
-  if len(source) < options['shard_count']:
-    raise ValueError(
-      f'{source!r} has {len(source)} training records, fewer than '
-      f'shard_count = {options["shard_count"]}'
-    )
-  return lm.shuffled_loader(source, operations, **options)
-
-
-def _eval_batches(
-  num_examples: int,
-  example: Callable[[int], dict],
-  *,
-  seq_len: int,
-  batch_size: int,
-  shard_index: int,
-  shard_count: int,
-  max_batches: int,
-) -> Iterator[dict[str, np.ndarray]]:
-  """Fixed-shape batches of examples j = shard_index, + shard_count, ...
-
-  Every shard yields the same number of batches (what the largest needs,
-  at most `max_batches` when > 0), padded with weight-0 rows.
-  """
-  mine = np.arange(shard_index, num_examples, shard_count)
-  num_batches = math.ceil(math.ceil(num_examples / shard_count) / batch_size)
-  if max_batches:
-    num_batches = min(num_batches, max_batches)
-  for b in range(num_batches):
-    rows = [example(int(j)) for j in mine[b * batch_size :][:batch_size]]
-    while len(rows) < batch_size:
-      rows.append(
-        {
-          'inputs': np.zeros(seq_len, np.int32),
-          'targets': np.zeros(seq_len, np.int32),
-          'weights': np.zeros(seq_len, np.float32),
-        }
-      )
-    yield {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-
-
-class ProteinDatasets:
+@dataclasses.dataclass(kw_only=True, eq=False, repr=False)
+class ProteinDatasets(loader.Datasets):
   """Protein sequences ready for the trainer (see the module docstring).
 
-  Same interface as `performer.data.lm.Datasets`.
+  `task` is 'lm' for the causal objective, 'mlm' for the masked one;
+  `vocab_size` is 29 (4 special tokens and 25 letters).
 
   Attributes:
-    task: 'lm' (causal objective) or 'mlm' (masked objective).
-    name: 'protein'.
-    vocab_size: 29 (4 special tokens and 25 letters).
-    seq_len: tokens per example.
-    eval_splits: the splits `eval_batches` accepts (those with records).
+    splits: split -> random-access records {'id', 'sequence'} (the TFDS
+      data sources of `data_sources`, or any sequence of such dicts).
+    objective: 'causal' or 'masked'.
+    mask_rate: fraction of amino acids selected (masked objective).
+    concatenate: one stream of proteins cut into windows, instead of one
+      protein per example.
+    (The rest: see `loader.Datasets`; the seed also draws training masks.)
   """
 
-  name = 'protein'
-  vocab_size = VOCAB_SIZE
+  name: str = 'protein'
+  objective: str
+  mask_rate: float
+  concatenate: bool
 
-  def __init__(
-    self,
-    sources: dict,
-    *,
-    seq_len: int,
-    objective: str,
-    mask_rate: float,
-    concatenate: bool,
-    batch_size: int,
-    seed: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    worker_buffer_size: int = 1,
-    read_threads: int = 4,
-  ):
-    """Opens the train loader at once, so a split too small fails here.
-
-    Args:
-      sources: split -> random-access records {'id', 'sequence'} (the TFDS
-        data sources of `data_sources`, or any sequence of such dicts);
-        'train' is required.
-      seq_len: tokens per example.
-      objective: 'causal' or 'masked'.
-      mask_rate: fraction of amino acids selected (masked objective).
-      concatenate: one stream of proteins cut into windows, instead of one
-        protein per example.
-      batch_size: examples per batch in this process.
-      seed: shuffles training and draws training masks (modulo 2**32).
-      shard_index: this process's shard.
-      shard_count: number of shards (processes).
-      worker_count: grain worker processes (0: load in this process).
-      worker_buffer_size: batches each worker prepares ahead.
-      read_threads: grain's reader threads.
-    """
-    if objective not in OBJECTIVES:
+  def _setup(self) -> None:
+    if self.objective not in OBJECTIVES:
       raise ValueError(
-        f'objective must be one of {OBJECTIVES}, got {objective!r}'
+        f'objective must be one of {OBJECTIVES}, got {self.objective!r}'
       )
-    if 'train' not in sources:
-      raise ValueError('the FASTA file has no record in the train split')
-    if not 0 < mask_rate < 1:
-      raise ValueError(f'mask_rate must be in (0, 1), got {mask_rate}')
-    self.task = 'lm' if objective == 'causal' else 'mlm'
-    self.seq_len = seq_len
-    self.eval_splits = tuple(s for s in SPLITS if s in sources)
-    self.objective = objective
-    self.mask_rate = mask_rate
-    self.concatenate = concatenate
-    self._sources = sources
-    self._batch_size = batch_size
-    self._shard_index = shard_index
-    self._shard_count = shard_count
+    self._require_train('the FASTA file has no record in the train split')
+    if not 0 < self.mask_rate < 1:
+      raise ValueError(f'mask_rate must be in (0, 1), got {self.mask_rate}')
+    self.task = tasks.task_of({'name': 'protein', 'objective': self.objective})
+    self.vocab_size = VOCAB_SIZE
     self._streams: dict[str, lm.StreamSplit] = {}
-    loader_options = dict(
-      batch_size=batch_size,
-      seed=seed % 2**32,
-      shard_index=shard_index,
-      shard_count=shard_count,
-      worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size,
-      read_threads=read_threads,
-    )
-    masker = MaskTokens(seq_len, mask_rate, with_ends=not concatenate)
-    if not concatenate:
-      source = Proteins(sources['train'], 'protein:train')
-      operation = masker if objective == 'masked' else CausalProtein(seq_len)
-      self._train_loader = _train_loader(source, [operation], **loader_options)
-    elif objective == 'causal':
-      self._train_loader = lm.train_loader(
-        self.stream('train'), tokenizer=None, seq_len=seq_len, **loader_options
+
+  def _open_train_loader(self) -> grain.DataLoader:
+    options = self.loader_options
+    if self.concatenate and self.objective == 'causal':
+      return lm.train_loader(
+        self.stream('train'), tokenizer=None, seq_len=self.seq_len, **options
+      )
+    if self.concatenate:
+      source = MaskedWindows(self.stream('train'), self.seq_len)
+    else:
+      source = Proteins(self.splits['train'], 'protein:train')
+    if len(source) < self.shard_count:
+      raise ValueError(
+        f'{source!r} has {len(source)} training records, fewer than '
+        f'shard_count = {self.shard_count}'
+      )
+    if self.objective == 'masked':
+      operation = MaskTokens(
+        self.seq_len, self.mask_rate, with_ends=not self.concatenate
       )
     else:
-      source = MaskedWindows(self.stream('train'), seq_len)
-      self._train_loader = _train_loader(source, [masker], **loader_options)
+      operation = CausalProtein(self.seq_len)
+    return loader.shuffled_loader(source, [operation], **options)
 
   def stream(self, split: str) -> lm.StreamSplit:
     """The split's proteins as one uint8 stream, each followed by eos."""
     if split not in self._streams:
-      source = self._sources[split]
+      source = self.splits[split]
       # uint8 parts, so the peak is two bytes per token, not five.
       eos = np.array([EOS], np.uint8)
       parts = []
@@ -667,48 +630,23 @@ class ProteinDatasets:
       self._streams[split] = lm.StreamSplit(f'protein:{split}', tokens)
     return self._streams[split]
 
-  def train_loader(self) -> grain.DataLoader:
-    """The infinite loader of shuffled, sharded train batches.
-
-    `iter(loader)` is a checkpointable `grain.DataLoaderIterator`.
-    """
-    return self._train_loader
-
-  def eval_batches(
-    self, split: str, max_batches: int = 0
+  def _eval_batches(
+    self, split: str, max_batches: int
   ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields one deterministic pass over `split` in fixed-shape batches.
+    """One protein (or, concatenated, one non-overlapping window) per row.
 
-    One protein (or, concatenated, one non-overlapping window) per row;
-    example j goes to shard j % shard_count; weight-0 rows pad the last
-    batch, and every shard yields the same number of batches. Masks are
-    seeded by the example index: every pass is identical.
-
-    Args:
-      split: 'validation', 'test' or 'train'.
-      max_batches: stop after this many batches (0: the whole split).
+    Example j goes to shard j % shard_count. Masks are seeded by the
+    example index: every pass is identical.
     """
-    if split not in self._sources:
-      raise ValueError(
-        f'protein has no {split!r} split; it has {self.eval_splits}'
-      )
-    options = dict(
-      seq_len=self.seq_len,
-      batch_size=self._batch_size,
-      shard_index=self._shard_index,
-      shard_count=self._shard_count,
-      max_batches=max_batches,
-    )
     seq_len = self.seq_len
     if self.concatenate and self.objective == 'causal':
-      tokens = self.stream(split).tokens()
       return lm.eval_batches(
-        tokens,
+        self.stream(split).tokens(),
         name=f'protein:{split}',
         seq_len=seq_len,
-        batch_size=self._batch_size,
-        shard_index=self._shard_index,
-        shard_count=self._shard_count,
+        batch_size=self.batch_size,
+        shard_index=self.shard_index,
+        shard_count=self.shard_count,
         max_batches=max_batches,
       )
     masker = MaskTokens(seq_len, self.mask_rate, not self.concatenate)
@@ -724,58 +662,56 @@ class ProteinDatasets:
         window = tokens[j * seq_len : (j + 1) * seq_len]
         return masked_example(window, seq_len, self.mask_rate, eval_rng(j))
 
-      return _eval_batches(num, example, **options)
-    source = self._sources[split]
+    else:
+      source = self.splits[split]
+      num = len(source)
 
-    def example(j):
-      ids = protein_tokens(source[j])
-      if self.objective == 'causal':
-        return causal_example(ids, seq_len)
-      return masker.random_map(ids, eval_rng(j))
+      def example(j):
+        ids = protein_tokens(source[j])
+        if self.objective == 'causal':
+          return causal_example(ids, seq_len)
+        return masker.random_map(ids, eval_rng(j))
 
-    return _eval_batches(len(source), example, **options)
+    padding = {
+      'inputs': np.zeros(seq_len, np.int32),
+      'targets': np.zeros(seq_len, np.int32),
+      'weights': np.zeros(seq_len, np.float32),
+    }
+    return self._sharded_batches(num, example, padding, max_batches)
 
   def encode(self, text: str) -> np.ndarray:
     """bos and the ids of the letters of `text` (whitespace ignored)."""
-    letters = ''.join(text.split())
-    return np.concatenate([[BOS], encode_sequence(letters)]).astype(np.int32)
+    return AminoAcidTokenizer().encode(text)
 
   def decode(self, ids) -> str:
     """The letters of `ids` (see `decode_tokens`)."""
-    return decode_tokens(ids)
+    return AminoAcidTokenizer().decode(ids)
 
-  def __repr__(self) -> str:
-    return (
-      f'ProteinDatasets(objective={self.objective!r}, '
-      f'concatenate={self.concatenate}, seq_len={self.seq_len}, '
-      f'splits={self.eval_splits})'
-    )
+  def _describe(self) -> dict:
+    return {
+      'objective': self.objective,
+      'concatenate': self.concatenate,
+      'seq_len': self.seq_len,
+    }
 
 
-def create(
-  c, *, batch_size: int, seed: int, shard_index: int, shard_count: int
-) -> ProteinDatasets:
+def create(c, **options) -> ProteinDatasets:
   """Builds the protein data of the validated data config `c`.
 
-  Called by `performer.data.create` for c.name == 'protein'; reads c.path
-  (the FASTA file), c.data_dir, c.seq_len, c.objective, c.mask_rate,
-  c.concatenate and the grain options.
+  Called by `performer.data.build.create` for c.name == 'protein'; reads
+  c.path (the FASTA file), c.data_dir, c.seq_len, c.objective,
+  c.mask_rate, c.concatenate and the grain options; `options` are the
+  loader settings (batch_size, seed, shard_index, shard_count).
 
   Raises:
     ValueError: data.path empty, a malformed FASTA file, no train record.
     FileNotFoundError: data.path does not exist.
   """
-  return ProteinDatasets(
-    data_sources(c.path, c.data_dir),
-    seq_len=c.seq_len,
+  return ProteinDatasets.from_config(
+    c,
+    splits=data_sources(c.path, c.data_dir),
     objective=c.objective,
     mask_rate=c.mask_rate,
     concatenate=c.concatenate,
-    batch_size=batch_size,
-    seed=seed,
-    shard_index=shard_index,
-    shard_count=shard_count,
-    worker_count=c.worker_count,
-    worker_buffer_size=c.worker_buffer_size,
-    read_threads=c.read_threads,
+    **options,
   )
