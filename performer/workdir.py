@@ -27,6 +27,7 @@ Other code reads a finished run through `restore_model(workdir, step)`
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -216,6 +217,13 @@ class _DropMessages(logging.Filter):
 # (they are ranked only by recency), so Orbax's warning would repeat at
 # every one of them.
 logging.getLogger('absl').addFilter(_DropMessages(('did not provide metrics',)))
+# When a checkpoint read fails, Orbax's gathered reads of the other arrays
+# end with the same error, which asyncio logs when they are collected
+# (with the whole TensorStore spec): the one warning of `restore_latest`
+# says it already.
+logging.getLogger('asyncio').addFilter(
+  _DropMessages(('Encountered error while reading array',))
+)
 # Orbax's notes on what a read-only manager implies, which is what we want.
 _READ_ONLY_NOTES = ('read_only=True', 'is read only')
 
@@ -245,8 +253,6 @@ def _quiet_failed_reads():
     yield
   finally:
     # Collect what the failed read left behind while the hook is in place.
-    import gc
-
     gc.collect()
     sys.unraisablehook = previous
 
@@ -428,6 +434,8 @@ class Checkpoints:
           state = self.restore(step, abstract_state, data_iter)
       except Exception as error:  # Orbax and TensorStore raise many types.
         message = str(error).splitlines()[0] if str(error) else ''
+        # TensorStore appends a repr of its spec that says nothing more.
+        message = message.split(' See full TensorStore details')[0]
         failed.append((step, f'{type(error).__name__}: {message}'))
         logging.warning(
           'Checkpoint %s could not be restored (%s); trying the previous '

@@ -298,3 +298,30 @@ def _model_and_optimizer(config):
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
   tx, _ = optim.make_optimizer(config)
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def test_corrupted_checkpoint_gives_one_warning_not_pages_of_noise(
+  reference, corpus, tmp_path, cache_dir
+):
+  """The user sees the warning naming the checkpoint, not asyncio echoes.
+
+  Orbax's pending reads of the other arrays fail after the first one does;
+  Python used to print each as 'Exception ignored in: <coroutine ...>'
+  with a traceback (thousands of lines for a real model).
+  """
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  _truncate_largest_file(os.path.join(ckpt_dir, str(STEPS), 'state'))
+  process = _start(corpus, workdir, cache_dir, delay=0)
+  output, _ = process.communicate(timeout=480)
+  assert process.returncode == 0, output
+  bad = os.path.join(os.path.realpath(ckpt_dir), str(STEPS))
+  warnings = [
+    line for line in output.splitlines() if 'could not be restored' in line
+  ]
+  assert len(warnings) == 1 and bad in warnings[0], output
+  assert 'Exception ignored' not in output, output
+  assert 'Event loop is closed' not in output, output
+  assert 'Traceback' not in output, output
+  assert json.loads(output.splitlines()[-1])['step'] == STEPS
