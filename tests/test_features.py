@@ -95,7 +95,7 @@ def test_positive_features_match_formula():
     xs @ w.T.astype(np.float64) - 0.5 * (xs**2).sum(-1)[:, None]
   )
   expected /= math.sqrt(24)
-  got = features.positive_softmax_features(x, w)
+  got = features.feature_map(x, w, 'softmax')
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -105,7 +105,7 @@ def test_trig_features_match_formula():
   proj = xs @ w.T.astype(np.float64)
   expected = np.concatenate([np.sin(proj), np.cos(proj)], axis=-1)
   expected *= np.exp(0.5 * (xs**2).sum(-1))[:, None] / math.sqrt(24)
-  got = features.trig_softmax_features(x, w)
+  got = features.feature_map(x, w, 'softmax_trig')
   assert got.shape == (6, 48)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -133,7 +133,7 @@ def test_generalized_features_match_formula(kernel, projected):
   z = xs @ w.T.astype(np.float64) if projected else xs
   eps = 0.0 if kernel == 'exp' else 1e-3  # 'exp' is positive: no eps.
   expected = NUMPY_KERNELS[kernel](z) + eps
-  got = features.generalized_features(x, w if projected else None, kernel)
+  got = features.feature_map(x, w if projected else None, kernel, 1e-3)
   assert got.shape == expected.shape  # [n, M] or, deterministic, [n, D].
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

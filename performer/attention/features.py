@@ -230,25 +230,3 @@ def feature_map(
   """
   base_XF, logscale_X = feature_parts(x_XD, w_MD, kernel, eps)
   return base_XF * jnp.exp(logscale_X)[..., None]
-
-
-def positive_softmax_features(x_XD: jax.Array, w_MD: jax.Array) -> jax.Array:
-  """FAVOR+ positive features: phi(q) . phi(k) ~= exp(q . k / sqrt(D))."""
-  return feature_map(x_XD, w_MD, 'softmax')
-
-
-def trig_softmax_features(x_XD: jax.Array, w_MD: jax.Array) -> jax.Array:
-  """Trigonometric features [sin, cos]: also ~= exp(q . k / sqrt(D))."""
-  return feature_map(x_XD, w_MD, 'softmax_trig')
-
-
-def generalized_features(
-  x_XD: jax.Array, w_MD: jax.Array | None, kernel: str, eps: float = 1e-3
-) -> jax.Array:
-  """Generalized-kernel features f(w . x') + eps, or f(x') + eps if w_MD is
-  None."""
-  if kernel not in GENERALIZED_KERNELS:
-    raise ValueError(
-      f'unknown kernel {kernel!r}; valid: {list(GENERALIZED_KERNELS)}'
-    )
-  return feature_map(x_XD, w_MD, kernel, eps)
