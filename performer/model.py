@@ -131,13 +131,7 @@ def _option_type(name: str, key: str) -> type | None:
   Returns None when the annotation is missing, cannot be resolved, or allows
   several types.
   """
-  # The registry exposes defaults but not annotations, so read them from the
-  # registered class.
-  init = attention._lookup(name).__init__
-  try:
-    hint = typing.get_type_hints(init).get(key)
-  except (NameError, TypeError):
-    return None
+  hint = attention.option_hints(name).get(key)
   kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
   if len(kinds) == 1 and kinds[0] in _PLACEHOLDER_TYPES:
     return kinds[0]

@@ -133,7 +133,7 @@ def probe_variant():
   try:
     yield 'probe'
   finally:
-    attention._REGISTRY.pop('probe')
+    attention.unregister('probe')
 
 
 def test_none_default_becomes_typed_placeholder(probe_variant):

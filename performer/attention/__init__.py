@@ -22,18 +22,22 @@ from performer.attention.registry import (
   create,
   defaults,
   names,
+  option_hints,
   options,
   redraw_features,
   register,
+  unregister,
 )
 
 __all__ = [
   'create',
   'defaults',
   'names',
+  'option_hints',
   'options',
   'redraw_features',
   'register',
+  'unregister',
 ]
 
 # Importing the families registers them.

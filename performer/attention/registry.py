@@ -5,7 +5,9 @@ Each family module registers its variants with `@registry.register(name)`;
 """
 
 import inspect
+import typing
 from collections.abc import Callable
+from typing import Any
 
 from flax import nnx
 
@@ -24,6 +26,12 @@ def register(name: str) -> Callable[[type[nnx.Module]], type[nnx.Module]]:
   return decorate
 
 
+def unregister(name: str) -> None:
+  """Removes variant `name` (a test's or plugin's temporary variant)."""
+  _lookup(name)
+  del _REGISTRY[name]
+
+
 def names() -> list[str]:
   """Returns the registered variant names, sorted."""
   return sorted(_REGISTRY)
@@ -40,6 +48,15 @@ def defaults(name: str) -> dict:
   """Returns variant `name`'s options with their default values."""
   params = inspect.signature(_lookup(name).__init__).parameters
   return {key: params[key].default for key in options(name)}
+
+
+def option_hints(name: str) -> dict[str, Any]:
+  """The type annotations of variant `name`'s options ({} if unresolvable)."""
+  try:
+    hints = typing.get_type_hints(_lookup(name).__init__)
+  except (NameError, TypeError):
+    return {}
+  return {key: hints[key] for key in options(name) if key in hints}
 
 
 def redraw_features(model: nnx.Module, step) -> None:
