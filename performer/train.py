@@ -53,6 +53,9 @@ class _Run:
   task: tasks.Task
   reported: str | None  # The metric derived from the loss, if any.
   start_time: float
+  tokens_per_step: int  # Of the global batch: the throughput's unit.
+  saved_config: dict | None  # Of the run the workdir holds, if any.
+  saved_step: int | None  # Its newest checkpoint, if any.
   log: Any = print
 
 
@@ -135,24 +138,35 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     shard_count=num_processes,
   )
   validate.fit_to_data(config, datasets)
-  _check_resumable(config, workdir)
+  saved_config, saved_step = _check_resumable(config, workdir)
   is_main = jax.process_index() == 0
+  task = tasks.get(tasks.task_of(config.data))
   return _Run(
     config=config,
     workdir=workdir,
     datasets=datasets,
-    task=tasks.get(tasks.task_of(config.data)),
+    task=task,
     reported=tasks.reported_metric(config),
     start_time=start_time,
+    tokens_per_step=config.batch_size * config.data.seq_len * task.sequences,
+    saved_config=saved_config,
+    saved_step=saved_step,
     log=tqdm.tqdm.write if is_main else lambda _: None,
   )
 
 
-def _check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir whose run this config cannot continue."""
+def _check_resumable(
+  config: ml_collections.ConfigDict, workdir: str
+) -> tuple[dict | None, int | None]:
+  """Refuses a workdir whose run this config cannot continue.
+
+  Returns:
+    The saved config and newest checkpoint step of the workdir's run
+    (None, None for a fresh workdir).
+  """
   saved = workdir_lib.read_config(workdir)
   if saved is None:
-    return
+    return None, None
   diffs = workdir_lib.differing_fields(saved, config.to_dict())
   if diffs:
     raise ValueError(
@@ -167,6 +181,7 @@ def _check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
       f'num_train_steps={config.num_train_steps}; to continue it, set '
       f'num_train_steps >= {latest} (its results are kept as they are)'
     )
+  return saved, latest
 
 
 # ---------------------------------------------------------------------------
@@ -183,9 +198,8 @@ def _restore_or_initialize(run: _Run, parallelism: parallel_lib.Parallel):
   config = run.config
   init_key, _ = jax.random.split(jax.random.key(config.seed))
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(init_key))
-  fresh = workdir_lib.latest_step(run.workdir) is None
   transferred = None
-  if fresh and config.init_from:
+  if run.saved_step is None and config.init_from:
     # A fresh run that starts from another run's weights (e.g. a softmax
     # model's weights in a FAVOR+ model): only the parameters move. Done
     # before any file is written, so a failure leaves nothing behind.
@@ -225,8 +239,7 @@ def _restore_or_initialize(run: _Run, parallelism: parallel_lib.Parallel):
 
 def _notice_schedule_change(run: _Run, start_step: int) -> None:
   """Says so when a changed run length reshapes the learning-rate decay."""
-  saved = workdir_lib.read_config(run.workdir)
-  config = run.config
+  saved, config = run.saved_config, run.config
   before = saved.get('num_train_steps') if saved else None
   if before in (None, config.num_train_steps):
     return
@@ -282,25 +295,16 @@ def _train(
       skip_nonfinite=config.skip_nonfinite_steps,
     ),
   )
-  tokens_per_step = config.batch_size * config.data.seq_len * run.task.sequences
-  state = parallelism.put_state(
-    state
-  )  # From here on in the layout of the mode.
+  # From here on the state is in the layout of the parallel mode.
+  state = parallelism.put_state(state)
   step, train_summary = start_step, {}
   window = []  # Host metrics of the steps since the last log line.
   skipped = []  # Steps skipped for non-finite gradients since then.
   pending = []  # (step, device metrics) not yet fetched from the device.
   timer = metrics_lib.Timer()
-  is_main = jax.process_index() == 0
   with (
     parallel_lib.PreemptionNotice() as preemption,
-    tqdm.tqdm(
-      total=config.num_train_steps,
-      initial=start_step,
-      unit='step',
-      disable=None if is_main else True,
-      dynamic_ncols=True,
-    ) as bar,
+    _progress_bar(config.num_train_steps, start_step) as bar,
   ):
     while step < config.num_train_steps:
       batch = {k: v for k, v in next(train_iter).items() if k in keys}
@@ -314,21 +318,11 @@ def _train(
         jax.block_until_ready(step_metrics)
         run.log(f'First step (compilation included) took {timer.lap():.1f}s')
         timer.reset()
-      timer.count(tokens_per_step)
-      last = step == config.num_train_steps
+      timer.count(run.tokens_per_step)
       # A preemption notice (SIGTERM) ends the run after a checkpoint of
       # this step, with the metrics up to it logged.
       stop = preemption.reached(step)
-      log_now = step % config.log_every_steps == 0 or last or stop
-      eval_now = step % config.eval_every_steps == 0 or last
-      save_now = (
-        eval_now
-        or stop
-        or (
-          config.checkpoint_every_steps
-          and step % config.checkpoint_every_steps == 0
-        )
-      )
+      log_now, eval_now, save_now = _due(config, step, stop)
       if not (log_now or save_now):
         continue
       # Fetching syncs with the device; do it only when something needs
@@ -340,15 +334,9 @@ def _train(
       for bad in skipped_now:
         run.log(f'step {bad}: non-finite gradients; update skipped')
       if log_now:
-        train_summary = (
-          metrics_lib.summarize(window, run.reported) if window else {}
+        train_summary = _train_summary(
+          run, window, skipped, float(schedule(step - 1)), timer.rate()
         )
-        if config.skip_nonfinite_steps:
-          train_summary['skipped_steps'] = len(skipped)
-        train_summary['learning_rate'] = float(schedule(step - 1))
-        tokens_per_sec = timer.rate()
-        train_summary['tokens_per_sec'] = tokens_per_sec
-        train_summary['steps_per_sec'] = tokens_per_sec / tokens_per_step
         writer.write(step, 'train', train_summary)
         if 'loss' in train_summary:
           bar.set_postfix(
@@ -387,6 +375,41 @@ def _train(
     validation = evaluate(state, 'validation', config.eval_max_batches)
     writer.write(step, 'validation', validation)
   return _LoopEnd(step, state, train_summary, validation)
+
+
+def _progress_bar(total: int, initial: int) -> tqdm.tqdm:
+  """The console progress bar, on process 0 only."""
+  return tqdm.tqdm(
+    total=total,
+    initial=initial,
+    unit='step',
+    disable=None if jax.process_index() == 0 else True,
+    dynamic_ncols=True,
+  )
+
+
+def _due(config, step: int, stop: bool) -> tuple[bool, bool, bool]:
+  """Whether to log, evaluate and save a checkpoint after `step`."""
+  last = step == config.num_train_steps
+  log_now = step % config.log_every_steps == 0 or last or stop
+  eval_now = step % config.eval_every_steps == 0 or last
+  every = config.checkpoint_every_steps
+  save_now = eval_now or stop or bool(every and step % every == 0)
+  return log_now, eval_now, save_now
+
+
+def _train_summary(
+  run, window: list[dict], skipped: list[int], lr: float, tokens_per_sec
+) -> dict[str, float]:
+  """The train metrics of the steps since the last log line."""
+  config = run.config
+  summary = metrics_lib.summarize(window, run.reported) if window else {}
+  if config.skip_nonfinite_steps:
+    summary['skipped_steps'] = len(skipped)
+  summary['learning_rate'] = lr
+  summary['tokens_per_sec'] = tokens_per_sec
+  summary['steps_per_sec'] = tokens_per_sec / run.tokens_per_step
+  return summary
 
 
 def _evaluate(run, parallelism, graphdef, state, split, max_batches):
