@@ -46,17 +46,12 @@ Paper setup (13 minutes on 2 CPU cores shared with other jobs):
 """
 
 import argparse
-import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from performer import approximation, workdir
+from performer import approximation
 from performer.attention import features
-from performer.bench import flags, plots, report, timing
-
-# The metrics drawn in the PNG, one column each.
-PLOTTED = ('attention_mse', 'output_mse', 'small_kernel_mse')
+from performer.bench import approximation_error, flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,143 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def validate(args: argparse.Namespace) -> dict[str, Any]:
-  """Checks the flags; returns the settings to run.
-
-  Raises:
-    ValueError: naming the bad value and the valid ones.
-  """
-  for flag in ('length', 'dim', 'samples'):
-    flags.positive_int(getattr(args, flag), f'--{flag}')
-  num_features = [
-    flags.positive_int(x, '--num_features')
-    for x in flags.split_list(args.num_features, '--num_features')
-  ]
-  kernels = flags.check_choices(
-    flags.split_list(args.kernels, '--kernels'),
-    approximation.EXACT_KERNELS,
-    '--kernels',
-    'kernel',
-  )
-  projections = flags.check_choices(
-    flags.split_list(args.projections, '--projections'),
-    features.PROJECTIONS,
-    '--projections',
-    'projection',
-  )
-  if not (math.isfinite(args.qk_std) and args.qk_std > 0):
-    raise ValueError(f'--qk_std must be a positive number, got {args.qk_std}')
-  if not (math.isfinite(args.eps) and args.eps >= 0):
-    raise ValueError(f'--eps must be >= 0, got {args.eps}')
-  if not 0 < args.small_quantile <= 1:
-    raise ValueError(
-      f'--small_quantile must be in (0, 1], got {args.small_quantile}'
-    )
-  return {
-    'length': args.length,
-    'dim': args.dim,
-    'samples': args.samples,
-    'num_features': num_features,
-    'kernels': kernels,
-    'projections': projections,
-    'qk_std': args.qk_std,
-    'eps': args.eps,
-    'small_quantile': args.small_quantile,
-    'seed': args.seed,
-  }
-
-
-def table(records: Sequence[dict[str, Any]]) -> str:
-  """Mean (and std) of the attention and output MSE as markdown."""
-  columns = [
-    ('kernel', 'kernel', str),
-    ('projection', 'projection', str),
-    ('num_features', 'M', str),
-  ]
-  for metric in ('attention_mse', 'output_mse', 'small_kernel_mse'):
-    columns.append((f'{metric}_mean', f'{metric} mean', _fmt))
-    columns.append((f'{metric}_std', 'std', _fmt))
-  return report.markdown_table(records, columns)
-
-
-def plot(
-  records: Sequence[dict[str, Any]], settings: dict[str, Any], path: str
-) -> None:
-  """Mean error versus M with +-1 std error bars; a row per kernel family."""
-  plt = plots.pyplot()
-  rows = [
-    ('vs exact softmax', [k for k in settings['kernels'] if k != 'relu']),
-    (
-      'relu vs exact ReLU kernel',
-      [k for k in settings['kernels'] if k == 'relu'],
-    ),
-  ]
-  rows = [(title, kernels) for title, kernels in rows if kernels]
-  fig, axes = plt.subplots(
-    len(rows),
-    len(PLOTTED),
-    figsize=(4.5 * len(PLOTTED), 3.6 * len(rows)),
-    squeeze=False,
-  )
-  styles = {'iid': {'ls': '--', 'marker': 's'}, 'orthogonal': {'marker': 'o'}}
-  names = {'softmax': 'positive', 'softmax_trig': 'trig', 'relu': 'relu'}
-  for i, (row_title, kernels) in enumerate(rows):
-    for j, metric in enumerate(PLOTTED):
-      ax = axes[i][j]
-      for c, kernel in enumerate(kernels):
-        for projection in settings['projections']:
-          rs = [
-            r
-            for r in records
-            if r['kernel'] == kernel
-            and r['projection'] == projection
-            and r[f'{metric}_mean'] is not None
-          ]
-          ax.errorbar(
-            [r['num_features'] for r in rs],
-            [r[f'{metric}_mean'] for r in rs],
-            yerr=[r[f'{metric}_std'] for r in rs],
-            color=plt.get_cmap('tab10')(c),
-            capsize=3,
-            label=f'{names.get(kernel, kernel)}, {projection}',
-            **styles.get(projection, {}),
-          )
-      ax.set_xscale('log', base=2)
-      ax.set_yscale('log')
-      ax.set_xlabel('random features M')
-      ax.set_title(f'{row_title}: {metric}', fontsize='medium')
-      ax.grid(True, which='both', alpha=0.3)
-      ax.legend(fontsize='small')
-  fig.suptitle(
-    f'L={settings["length"]}, D={settings["dim"]}, '
-    f'{settings["samples"]} samples, q,k ~ N(0, {settings["qk_std"]:g}^2); '
-    'mean +- 1 std',
-    fontsize='medium',
-  )
-  plots.save_figure(fig, path)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Parses flags, runs, writes the outputs; returns the JSON object."""
-  args, settings = flags.parse(build_parser(), argv, validate)
-  start = time.perf_counter()
-  records = approximation.error_sweep(settings, log=report.log)
-  result = {
-    'settings': settings,
-    **timing.device_info(),
-    'seconds': time.perf_counter() - start,
-    'records': records,
-  }
-  if args.json:
-    workdir.write_json(args.json, result)
-  if args.png:
-    plot(records, settings, args.png)
-  print(table(records))
-  return result
-
-
-def _fmt(x: float | None) -> str:
-  return '-' if x is None else f'{x:.2e}'
+  args, settings = flags.parse(
+    build_parser(), argv, approximation_error.validate
+  )
+  return approximation_error.run(
+    settings, json_path=args.json, png_path=args.png
+  )
 
 
 if __name__ == '__main__':

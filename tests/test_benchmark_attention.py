@@ -1,4 +1,5 @@
-"""Tests of scripts/benchmark_attention.py and performer/bench/{timing,flops}.
+"""Tests of scripts/benchmark_attention.py and performer/bench/
+{attention_scaling,timing,flops}.
 
 Tiny sizes only: these check that the script runs every registered variant,
 records what it promises and fails clearly on bad flags, not how fast
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 
 from performer import attention
-from performer.bench import flops, timing
+from performer.bench import attention_scaling, flops, timing
 
 _SCRIPT = (
   pathlib.Path(__file__).resolve().parents[1] / 'scripts'
@@ -111,14 +112,14 @@ def test_softmax_records_json_png_and_markdown(tmp_path, capsys):
 def test_json_is_rewritten_after_every_config(tmp_path, monkeypatch):
   path = tmp_path / 'timing.json'
   seen = []
-  real_benchmark_config = script.benchmark_config
+  real_benchmark_config = attention_scaling.benchmark_config
 
   def spy(*args, **kwargs):
     # What is on disk when the next config starts: all earlier records.
     seen.append(json.loads(path.read_text()) if path.exists() else [])
     return real_benchmark_config(*args, **kwargs)
 
-  monkeypatch.setattr(script, 'benchmark_config', spy)
+  monkeypatch.setattr(attention_scaling, 'benchmark_config', spy)
   records = script.main(
     [
       '--variants=softmax',
@@ -241,7 +242,7 @@ def test_unknown_variant_names_it_and_the_valid_ones(capsys):
 
   args = script.build_parser().parse_args(['--variants=nope'])
   with pytest.raises(ValueError, match="unknown attention variant 'nope'"):
-    script.run(args)
+    attention_scaling.run(args)
 
 
 @pytest.mark.parametrize('lengths', ['0', '16,abc', '-8', '1.5', '16,,32'])
@@ -262,7 +263,7 @@ def test_unknown_option_names_the_valid_ones():
     ]
   )
   with pytest.raises(ValueError, match=r"'bogus'.*'implementation'"):
-    script.run(args)
+    attention_scaling.run(args)
 
 
 def test_favor_flop_formula():

@@ -1,4 +1,4 @@
-"""Tests of scripts/benchmark_model.py at tiny sizes.
+"""Tests of scripts/benchmark_model.py and performer/bench/model_scaling.py.
 
 They check that every variant runs through the whole model and that the
 records, PNG and table hold what the script promises, not how fast anything
@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from performer import model as model_lib
+from performer.bench import model_scaling
 
 _SCRIPT = (
   pathlib.Path(__file__).resolve().parents[1] / 'scripts'
@@ -72,7 +73,7 @@ def test_every_variant_runs_and_writes_outputs(tmp_path, capsys):
       f'--markdown={md}',
     ]
   )
-  assert [r['variant'] for r in records] == list(script.VARIANTS)
+  assert [r['variant'] for r in records] == list(model_scaling.VARIANTS)
   saved = json.loads(paths['json'].read_text())
   assert saved == json.loads(json.dumps(records))
   for r in saved:
@@ -95,18 +96,20 @@ def test_every_variant_runs_and_writes_outputs(tmp_path, capsys):
   assert paths['png'].stat().st_size > 0
   table = md.read_text()
   assert table in capsys.readouterr().out
-  for variant in script.VARIANTS:
+  for variant in model_scaling.VARIANTS:
     assert f'| {variant} |' in table
 
 
 def test_identity_replaces_every_attention():
-  plan = script.make_plan(script.build_parser().parse_args(TINY))
-  model = script.build_model(plan, 'small', 'identity', 16)
+  plan = model_scaling.make_plan(script.build_parser().parse_args(TINY))
+  model = model_scaling.build_model(plan, 'small', 'identity', 16)
   blocks = [
     m for _, m in nnx.iter_graph(model) if isinstance(m, model_lib.Block)
   ]
   assert len(blocks) == 1
-  assert all(isinstance(b.attention, script.IdentityAttention) for b in blocks)
+  assert all(
+    isinstance(b.attention, model_scaling.IdentityAttention) for b in blocks
+  )
 
 
 def test_stops_a_variant_after_the_first_length_over_budget(tmp_path):
@@ -126,10 +129,13 @@ def test_max_length_per_setting():
   args = script.build_parser().parse_args(
     ['--settings=small,regular', '--min_length=16', '--max_length=small=64']
   )
-  plan = script.make_plan(args)
+  plan = model_scaling.make_plan(args)
   assert plan.max_length == {'small': 64, 'regular': 65536}
   args.max_length = '32,regular=16'
-  assert script.make_plan(args).max_length == {'small': 32, 'regular': 16}
+  assert model_scaling.make_plan(args).max_length == {
+    'small': 32,
+    'regular': 16,
+  }
 
 
 @pytest.mark.parametrize(

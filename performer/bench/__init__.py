@@ -9,5 +9,13 @@
   curves     training curves read from workdirs and drawn
   lra_grid   the Long Range Arena grid: runs, collection, tables, plot
 
+What each benchmark measures, one module each:
+
+  attention_scaling    attention alone: time and memory versus length
+  model_scaling        the whole model: time and memory versus length
+  training_throughput  the trainer's step: tokens per second
+  generation_speed     decoding: time per generated token versus position
+  approximation_error  random-feature attention against the exact kernel
+
 The scripts in scripts/ parse flags and call these.
 """

@@ -104,6 +104,38 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def add_timing_flags(parser: argparse.ArgumentParser, *, repeats: int) -> None:
+  """--warmup, --repeats (default `repeats`) and --seed.
+
+  With `add_memory_budget_flag`, what `timing_settings` reads.
+  """
+  parser.add_argument('--warmup', type=int, default=1, help='untimed calls.')
+  parser.add_argument(
+    '--repeats',
+    type=int,
+    default=repeats,
+    help='timed calls (median reported).',
+  )
+  parser.add_argument('--seed', type=int, default=0)
+
+
+def timing_settings(args: argparse.Namespace) -> timing.Settings:
+  """--warmup, --repeats, --seed and --max_peak_gib, checked.
+
+  Raises:
+    ValueError: naming the flag, for a repeat count below 1, a negative
+      warm-up or a budget that is not positive.
+  """
+  positive_int(args.repeats, '--repeats')
+  non_negative_int(args.warmup, '--warmup')
+  return timing.Settings(
+    warmup=args.warmup,
+    repeats=args.repeats,
+    seed=args.seed,
+    budget_bytes=memory_budget(args.max_peak_gib),
+  )
+
+
 def add_memory_budget_flag(parser: argparse.ArgumentParser) -> None:
   """--max_peak_gib, read by `memory_budget`."""
   parser.add_argument(

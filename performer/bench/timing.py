@@ -22,6 +22,7 @@ statistics too, but on CPU (jax 0.10.2) it leaves out the temporaries, so it
 is not used as the estimate.
 """
 
+import dataclasses
 import gc
 import os
 import statistics
@@ -43,6 +44,50 @@ _MEMORY_FIELDS = (
   'generated_code_size_in_bytes',
   'peak_memory_in_bytes',
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How every config of a benchmark is timed.
+
+  `flags.timing_settings` reads them from --warmup, --repeats, --seed and
+  --max_peak_gib.
+  """
+
+  warmup: int
+  repeats: int
+  seed: int
+  # The largest estimated peak allowed; None: no limit.
+  budget_bytes: int | None
+
+  def record_fields(self, info: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a record that say how it was timed and where.
+
+    Args:
+      info: `device_info()`, placed between the repeats and the budget so
+        that every benchmark's records list them in the same order.
+    """
+    return {
+      'warmup': self.warmup,
+      'repeats': self.repeats,
+      **info,
+      'memory_budget_bytes': self.budget_bytes,
+    }
+
+  def measure(
+    self,
+    build: Callable[[], tuple[Callable, Sequence[Any]]],
+    *,
+    xla_flops: bool = False,
+  ) -> dict[str, Any]:
+    """`measure_compiled` with these settings' budget, warm-up and repeats."""
+    return measure_compiled(
+      build,
+      budget_bytes=self.budget_bytes,
+      warmup=self.warmup,
+      repeats=self.repeats,
+      xla_flops=xla_flops,
+    )
 
 
 def device_info(device: jax.Device | None = None) -> dict[str, Any]:
