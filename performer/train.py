@@ -140,6 +140,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   validate.fit_to_data(config, datasets)
   saved_config, saved_step = _check_resumable(config, workdir)
   is_main = jax.process_index() == 0
+  log = tqdm.tqdm.write if is_main else lambda _: None
+  for notice in validate.notices(config):
+    log(f'Notice: {notice}.')
   task = tasks.get(tasks.task_of(config.data))
   return _Run(
     config=config,
@@ -151,7 +154,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     tokens_per_step=config.batch_size * config.data.seq_len * task.sequences,
     saved_config=saved_config,
     saved_step=saved_step,
-    log=tqdm.tqdm.write if is_main else lambda _: None,
+    log=log,
   )
 
 
@@ -238,7 +241,7 @@ def _restore_or_initialize(run: _Run, parallelism: parallel_lib.Parallel):
 
 
 def _notice_schedule_change(run: _Run, start_step: int) -> None:
-  """Says so when a changed run length reshapes the learning-rate decay."""
+  """Says so when a changed run length makes the learning rate jump."""
   saved, config = run.saved_config, run.config
   before = saved.get('num_train_steps') if saved else None
   if before in (None, config.num_train_steps):
@@ -247,11 +250,14 @@ def _notice_schedule_change(run: _Run, start_step: int) -> None:
     return
   _, old = optim.make_optimizer(ml_collections.ConfigDict(saved))
   _, new = optim.make_optimizer(config)
+  before_lr, after_lr = float(old(start_step)), float(new(start_step))
+  if math.isclose(before_lr, after_lr, rel_tol=1e-6):
+    return  # Still in the warmup both ways: no jump to speak of.
   run.log(
     f'Notice: num_train_steps changed from {before} to '
     f'{config.num_train_steps}, so the {config.schedule} schedule is '
     f'recomputed: the learning rate at step {start_step} goes from '
-    f'{float(old(start_step)):.3g} to {float(new(start_step)):.3g}.'
+    f'{before_lr:.3g} to {after_lr:.3g}.'
   )
 
 

@@ -123,13 +123,6 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     isinstance(config.skip_nonfinite_steps, bool),
     f'skip_nonfinite_steps must be a bool, got {config.skip_nonfinite_steps!r}',
   )
-  warmup, steps = config.warmup_steps, config.num_train_steps
-  if isinstance(warmup, int) and isinstance(steps, int):
-    found.need(
-      warmup <= steps,
-      f'warmup_steps={warmup} exceeds num_train_steps={steps}: the '
-      'learning rate would never reach its peak',
-    )
   found.need(
     config.model.dtype == config.dtype,
     f'model.dtype={config.model.dtype!r} differs from '
@@ -174,6 +167,25 @@ def _task_problems(config: ml_collections.ConfigDict) -> list[str]:
       f'model.max_len={m.max_len} is shorter than data.seq_len={seq_len}',
     )
   return found.messages
+
+
+def notices(config: ml_collections.ConfigDict) -> list[str]:
+  """Settings that are valid but likely not what was meant, to be printed.
+
+  A warmup longer than the run leaves the learning rate below its peak for
+  the whole run: refused it would break short smoke runs of long configs
+  (`--config.num_train_steps=30`), so it is said instead.
+  """
+  said = []
+  warmup, steps = config.warmup_steps, config.num_train_steps
+  if warmup > steps:
+    _, schedule = optim.make_optimizer(config)
+    said.append(
+      f'warmup_steps={warmup} exceeds num_train_steps={steps}: the learning '
+      f'rate never reaches its peak {config.learning_rate:.3g} (it ends at '
+      f'{float(schedule(steps - 1)):.3g})'
+    )
+  return said
 
 
 def check(config: ml_collections.ConfigDict) -> None:
