@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from performer import data
 from performer import metrics as metrics_lib
 
 
@@ -94,20 +95,13 @@ TASKS = {
   )
 }
 
-# Dataset name -> task; 'protein' depends on data.objective.
+# Dataset name -> task, from the data package's name lists; 'protein'
+# depends on data.objective, and 'aan' (document pairs) is retrieval.
 _DATA_TASKS = {
-  'shakespeare': 'lm',
-  'text_files': 'lm',
-  'lm1b': 'lm',
-  'pg19': 'lm',
-  'listops': 'classification',
-  'imdb': 'classification',
-  'cifar10': 'classification',
-  'pathfinder': 'classification',
+  **{name: 'lm' for name in data.LM_NAMES},
+  **{name: 'classification' for name in data.CLASSIFICATION_NAMES},
   'aan': 'retrieval',
 }
-# Corpora whose byte-level loss reads as bits per byte.
-_TEXT_CORPORA = ('shakespeare', 'text_files', 'lm1b', 'pg19')
 
 
 def get(name: str) -> Task:
@@ -124,10 +118,10 @@ def task_of(data_config: Mapping[str, Any]) -> str:
     ValueError: an unknown dataset name.
   """
   name = data_config['name']
-  if name == 'protein':
+  if name in data.PROTEIN_NAMES:
     return 'lm' if data_config.get('objective', 'causal') == 'causal' else 'mlm'
   if name not in _DATA_TASKS:
-    valid = sorted([*_DATA_TASKS, 'protein'])
+    valid = sorted([*_DATA_TASKS, *data.PROTEIN_NAMES])
     raise ValueError(f'unknown dataset {name!r}; valid names: {valid}')
   return _DATA_TASKS[name]
 
@@ -140,8 +134,10 @@ def reported_metric(config: Mapping[str, Any]) -> str | None:
   """
   if config['model']['head'] != 'lm':
     return None
-  data = config['data']
-  if data['name'] in _TEXT_CORPORA and data['tokenizer'] == 'byte':
+  data_config = config['data']
+  if (
+    data_config['name'] in data.LM_NAMES and data_config['tokenizer'] == 'byte'
+  ):
     return 'bits_per_byte'
   return 'perplexity'
 

@@ -256,6 +256,9 @@ def _file_key(path: str) -> str:
   return 'f' + hashlib.sha1(text.encode('utf-8')).hexdigest()[:16]
 
 
+_TOKENIZER = AminoAcidTokenizer()
+
+
 class ProteinFastaConfig(tfds.core.BuilderConfig):
   """One FASTA file; the config name is its `_file_key`."""
 
@@ -681,11 +684,11 @@ class ProteinDatasets(loader.Datasets):
 
   def encode(self, text: str) -> np.ndarray:
     """bos and the ids of the letters of `text` (whitespace ignored)."""
-    return AminoAcidTokenizer().encode(text)
+    return _TOKENIZER.encode(text)
 
   def decode(self, ids) -> str:
     """The letters of `ids` (see `decode_tokens`)."""
-    return AminoAcidTokenizer().decode(ids)
+    return _TOKENIZER.decode(ids)
 
   def _describe(self) -> dict:
     return {
