@@ -102,18 +102,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
   unsupported = {}
   for name in variants:
-    errors = {}
-    for c in causal[args.causal]:
-      try:
-        attention.create(
-          name,
-          head_dim=args.head_dim,
-          causal=c,
-          rngs=nnx.Rngs(timed.seed),
-          **options[name],
-        )
-      except ValueError as e:
-        errors[c] = str(e)
+    errors = refusals(
+      name, causal[args.causal], args.head_dim, timed.seed, options[name]
+    )
     if len(errors) == len(causal[args.causal]):
       # Refused in every requested mode: the options themselves are bad.
       raise ValueError(
@@ -147,6 +138,37 @@ def make_plan(args: argparse.Namespace) -> Plan:
     matmul_peak=args.matmul_peak,
     matmul_size=args.matmul_size,
   )
+
+
+def refusals(
+  name: str,
+  causal_modes: Sequence[bool],
+  head_dim: int,
+  seed: int,
+  options: dict[str, Any],
+) -> dict[bool, str]:
+  """Why `attention.create` refuses the variant, per refused causal mode.
+
+  Args:
+    name: the variant.
+    causal_modes: the modes to try.
+    head_dim: size of each head.
+    seed: of the module's rngs.
+    options: passed to `attention.create`.
+
+  Returns:
+    causal -> the ValueError's message, for each mode that is refused (a
+    bidirectional-only variant refuses causal=True, say).
+  """
+  errors = {}
+  for causal in causal_modes:
+    try:
+      attention.create(
+        name, head_dim=head_dim, causal=causal, rngs=nnx.Rngs(seed), **options
+      )
+    except ValueError as e:
+      errors[causal] = str(e)
+  return errors
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:

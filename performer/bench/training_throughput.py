@@ -21,6 +21,52 @@ from performer import model as model_lib
 from performer.bench import flags, report, timing
 
 
+def train_state(config) -> tuple[nnx.GraphDef, nnx.State]:
+  """The (graphdef, state) of a fresh `steps.TrainState` for `config`.
+
+  Args:
+    config: a resolved experiment config (its model and optimizer).
+  """
+  model = model_lib.create_model(config.model, rngs=nnx.Rngs(config.seed))
+  tx, _ = optim.make_optimizer(config)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  return nnx.split(steps.TrainState(model, optimizer))
+
+
+def lm_batch(batch_size: int, seq_len: int, vocab_size: int) -> dict:
+  """A batch of random tokens for the 'lm' task, every position weighted."""
+  tokens = jax.random.randint(
+    jax.random.key(1), (batch_size, seq_len + 1), 0, vocab_size
+  )
+  return {
+    'inputs': tokens[:, :-1].astype(jnp.int32),
+    'targets': tokens[:, 1:].astype(jnp.int32),
+    'weights': jnp.ones((batch_size, seq_len), jnp.float32),
+  }
+
+
+def classification_batch(
+  batch_size: int, seq_len: int, vocab_size: int, num_classes: int
+) -> dict:
+  """A batch of random tokens for the 'classification' task.
+
+  Each example has a random length in [seq_len / 2, seq_len], padded with
+  id 0 after it and masked, as the LRA loaders give them.
+  """
+  keys = jax.random.split(jax.random.key(1), 3)
+  lengths_B = jax.random.randint(
+    keys[0], (batch_size,), max(seq_len // 2, 1), seq_len + 1
+  )
+  mask_BL = jnp.arange(seq_len)[None, :] < lengths_B[:, None]
+  tokens_BL = jax.random.randint(keys[1], (batch_size, seq_len), 1, vocab_size)
+  return {
+    'inputs': jnp.where(mask_BL, tokens_BL, 0).astype(jnp.int32),
+    'mask': mask_BL,
+    'targets': jax.random.randint(keys[2], (batch_size,), 0, num_classes),
+    'weights': jnp.ones((batch_size,), jnp.float32),
+  }
+
+
 def measure(
   config, variant: str, seq_len: int, batch_size: int, warmup: int, repeats: int
 ) -> dict:
@@ -32,19 +78,9 @@ def measure(
     config.batch_size = batch_size
     # 0 means "from the data" in the trainer; the random batches are bytes.
     config.model.vocab_size = config.model.vocab_size or 256
-  model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
-  tx, _ = optim.make_optimizer(config)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  graphdef, state = nnx.split(steps.TrainState(model, optimizer))
+  graphdef, state = train_state(config)
   options = steps.StepOptions(task=tasks.TASKS['lm'])
-  tokens = jax.random.randint(
-    jax.random.key(1), (batch_size, seq_len + 1), 0, config.model.vocab_size
-  )
-  batch = {
-    'inputs': tokens[:, :-1].astype(jnp.int32),
-    'targets': tokens[:, 1:].astype(jnp.int32),
-    'weights': jnp.ones((batch_size, seq_len), jnp.float32),
-  }
+  batch = lm_batch(batch_size, seq_len, config.model.vocab_size)
   key = jax.random.key(2)
   start = time.perf_counter()
   state, step_metrics = steps.train_step(graphdef, state, batch, key, options)
