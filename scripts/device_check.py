@@ -48,7 +48,7 @@ def _validate(args) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  parser = flags.new_parser(__doc__.split('\n')[0])
+  parser = flags.new_parser(__doc__)
   parser.add_argument(
     '--out', default='device_check', help='directory for the outputs'
   )
