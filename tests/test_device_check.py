@@ -312,3 +312,25 @@ def test_bad_flags_name_the_value(flag, message, tmp_path):
   assert proc.returncode == 2
   assert message in proc.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+def test_deadline_after_training_keeps_the_logged_throughput(monkeypatch):
+  from performer import train
+
+  def stopped_in_final_evaluation(config, run_dir):
+    with open(workdir.metrics_path(run_dir), 'w') as f:
+      f.write('{"step": 2, "split": "train", "tokens_per_sec": 100.0}\n')
+      f.write('{"step": 4, "split": "train", "tokens_per_sec": 300.0}\n')
+      f.write('{"step": 4, "split": "validation", "loss": 1.0}\n')
+    raise device_check._DeadlineReached()
+
+  monkeypatch.setattr(train, 'train_and_evaluate', stopped_in_final_evaluation)
+  result = device_check.shakespeare_throughput(
+    device_check.SMOKE, device_check.Budget(600)
+  )
+  (record,) = result['records']
+  assert record['status'] == 'partial'
+  assert 'time budget' in record['reason']
+  assert record['window_tokens_per_sec'] == [100.0, 300.0]
+  assert record['tokens_per_sec'] == 200.0
+  assert result['status'] == 'partial'

@@ -903,11 +903,7 @@ def shakespeare_throughput(
       try:
         with _sigterm_after(share):
           final = train.train_and_evaluate(config, run_dir)
-        windows = [
-          r['tokens_per_sec']
-          for r in workdir.read_jsonl(workdir.metrics_path(run_dir))
-          if r.get('split') == 'train' and r.get('tokens_per_sec')
-        ]
+        windows = _logged_tokens_per_sec(run_dir)
         record.update(
           status='ok',
           reason='stopped at the deadline' if final.get('preempted') else None,
@@ -918,7 +914,15 @@ def shakespeare_throughput(
           validation_bits_per_byte=final.get('validation/bits_per_byte'),
         )
       except _DeadlineReached:
-        record.update(status='skipped', reason=budget.note('shakespeare'))
+        # Outside the loop (set-up, compiling, the final evaluation): keep
+        # whatever throughput the trainer had logged by then.
+        windows = _logged_tokens_per_sec(run_dir)
+        record.update(
+          status='skipped' if not windows else 'partial',
+          reason=budget.note('shakespeare'),
+          tokens_per_sec=statistics.median(windows) if windows else None,
+          window_tokens_per_sec=windows,
+        )
       except Exception as e:  # noqa: BLE001 - recorded, the next runs.
         record.update(
           status=timing.failure_status(e), reason=timing.describe_error(e)
@@ -929,7 +933,7 @@ def shakespeare_throughput(
       f'  {variant}: {record["status"]}'
       + (
         f', {record["tokens_per_sec"]:,.0f} tokens/s over '
-        f'{record["steps"]} steps'
+        f'{record.get("steps", "?")} steps'
         if record.get('tokens_per_sec')
         else f' ({record["reason"]})'
       )
@@ -938,6 +942,18 @@ def shakespeare_throughput(
     'status': 'ok' if all(r['status'] == 'ok' for r in records) else 'partial',
     'records': records,
   }
+
+
+def _logged_tokens_per_sec(run_dir: str) -> list[float]:
+  """The tokens/s of every train window a run has logged so far."""
+  path = workdir.metrics_path(run_dir)
+  if not os.path.exists(path):
+    return []
+  return [
+    r['tokens_per_sec']
+    for r in workdir.read_jsonl(path)
+    if r.get('split') == 'train' and r.get('tokens_per_sec')
+  ]
 
 
 class _DeadlineReached(Exception):
