@@ -125,6 +125,35 @@ def default_attention_options() -> ml_collections.ConfigDict:
   return options
 
 
+def attention_create_options(
+  config: ml_collections.ConfigDict, name: str, *, cls_token: bool
+) -> dict:
+  """The options that the model passes to `attention.create(name, ...)`.
+
+  None means "the variant's default" and is dropped, except for the sizes
+  that only the model knows: a variant with a `max_len` option (learned
+  [max_len, ...] parameters: Linformer, Synthesizer, Sinkhorn) gets the
+  longest sequence its attention sees, `config.max_len` plus the CLS token,
+  and one with a `num_heads` option gets `config.num_heads`.
+
+  Args:
+    config: a model config (`default_config()` fields).
+    name: a registered attention variant.
+    cls_token: whether the encoder prepends a CLS token.
+  """
+  options = config['attention_options'].get(name, {}) or {}
+  if isinstance(options, ml_collections.ConfigDict):
+    options = options.to_dict()
+  options = {k: v for k, v in dict(options).items() if v is not None}
+  valid = attention.options(name)
+  sizes = {'max_len': config['max_len'], 'num_heads': config['num_heads']}
+  for key, value in sizes.items():
+    # An invalid size is reported by the model's own checks.
+    if key in valid and key not in options and isinstance(value, int):
+      options[key] = value + int(cls_token) if key == 'max_len' else value
+  return options
+
+
 def _option_type(name: str, key: str) -> type | None:
   """The one scalar type that option `key` of variant `name` is declared as.
 
@@ -210,6 +239,7 @@ class Block(nnx.Module):
     rngs: nnx.Rngs,
   ):
     head_dim = qkv_dim // num_heads
+    self.num_heads = num_heads
     self.rotary = rotary
     self.rotary_base = rotary_base
     self.dtype = dtype
@@ -224,6 +254,18 @@ class Block(nnx.Module):
       causal=causal,
       rngs=rngs,
       **attention_options,
+    )
+    # A variant that ignores some of q, k, v (Reformer shares QK; a random
+    # Synthesizer needs only v) gets no projection for them, so that no
+    # parameter is left without a gradient. They are dropped after being
+    # built so that every other parameter keeps its initial value for a
+    # given seed.
+    self.uses = attention.uses(self.attention)
+    self.query, self.key, self.value = (
+      proj if name in self.uses else None
+      for name, proj in zip(
+        'qkv', (self.query, self.key, self.value), strict=True
+      )
     )
     self.attn_out = nnx.LinearGeneral(
       (num_heads, head_dim), emb_dim, axis=(-2, -1), dtype=dtype, rngs=rngs
@@ -270,14 +312,27 @@ class Block(nnx.Module):
     return self._residuals(x_B1E, a_B1HD, train=False, rngs=None), cache
 
   def _qkv(self, x_BLE, positions_L):
+    """The attention inputs; an unused one repeats a used one (ignored)."""
     h_BLE = self.attn_norm(x_BLE)
-    q_BLHD = self.query(h_BLE)
-    k_BLHD = self.key(h_BLE)
-    v_BLHD = self.value(h_BLE)
+    projected = {
+      name: proj(h_BLE)
+      for name, proj in zip(
+        'qkv', (self.query, self.key, self.value), strict=True
+      )
+      if proj is not None
+    }
     if self.rotary:
-      q_BLHD = apply_rotary(q_BLHD, positions_L, self.rotary_base)
-      k_BLHD = apply_rotary(k_BLHD, positions_L, self.rotary_base)
-    return q_BLHD, k_BLHD, v_BLHD
+      for name in ('q', 'k'):
+        if name in projected:
+          projected[name] = apply_rotary(
+            projected[name], positions_L, self.rotary_base
+          )
+    # Shared QK: the keys are the queries.
+    fallback = {'q': ('k', 'v'), 'k': ('q', 'v'), 'v': ('q', 'k')}
+    for name, others in fallback.items():
+      if name not in projected:
+        projected[name] = next(projected[o] for o in others if o in projected)
+    return projected['q'], projected['k'], projected['v']
 
   def _residuals(self, x_BLE, a_BLHD, *, train, rngs):
     """Attention output projection, MLP and both residual branches."""
@@ -325,11 +380,9 @@ class Encoder(nnx.Module):
       nnx.Param(init(rngs.params(), (config.emb_dim,))) if cls_token else None
     )
     self.embed_dropout = nnx.Dropout(config.dropout_rate)
-    options = config.attention_options.get(config.attention, {})
-    if isinstance(options, ml_collections.ConfigDict):
-      options = options.to_dict()
-    # None means "the variant's default" (see `default_config`).
-    options = {k: v for k, v in options.items() if v is not None}
+    options = attention_create_options(
+      config, config.attention, cls_token=cls_token
+    )
     self.blocks = nnx.List(
       [
         Block(
@@ -439,9 +492,7 @@ class Encoder(nnx.Module):
     common.check_positive_int('max_len', max_len)
     self._check_length(max_len, 'decoding max_len')
     layers = [
-      block.attention.init_cache(
-        batch, block.query.out_features[0], max_len, self.dtype
-      )
+      block.attention.init_cache(batch, block.num_heads, max_len, self.dtype)
       for block in self.blocks
     ]
     return {'index': jnp.zeros((), jnp.int32), 'layers': layers}

@@ -290,10 +290,10 @@ def _attention_problems(config, head_dim: int, prefix: str) -> list[str]:
   options (some variants exist in one direction only).
   """
   messages = []
-  all_options = config['attention_options']
   for name in attention.names():
-    options = dict(all_options.get(name, {}) or {})
-    options = {k: v for k, v in options.items() if v is not None}
+    options = model.attention_create_options(
+      config, name, cls_token=config['head'] != 'lm' and config['pool'] == 'cls'
+    )
     used = name == config['attention']
     directions = [bool(config['causal'])]
     if not used:

@@ -22,6 +22,7 @@ SMALL_OPTIONS = {
   'window': 8,
   'window_size': 8,
   'block_size': 8,
+  'bucket_size': 4,
 }
 LENGTH = 16
 BATCH = 2

@@ -27,6 +27,7 @@ from performer.attention.registry import (
   redraw_features,
   register,
   unregister,
+  uses,
 )
 
 __all__ = [
@@ -38,7 +39,8 @@ __all__ = [
   'redraw_features',
   'register',
   'unregister',
+  'uses',
 ]
 
 # Importing the families registers them.
-from performer.attention import favor, local, softmax, sparse  # noqa: E402, F401, I001
+from performer.attention import favor, local, reformer, softmax, sparse  # noqa: E402, F401, I001

@@ -59,6 +59,29 @@ def option_hints(name: str) -> dict[str, Any]:
   return {key: hints[key] for key in options(name) if key in hints}
 
 
+INPUTS = ('q', 'k', 'v')
+
+
+def uses(module: nnx.Module) -> tuple[str, ...]:
+  """Which of q, k, v the output of attention `module` depends on.
+
+  A variant declares it with a `uses` attribute (Reformer's shared QK:
+  ('q', 'v')); the default is all three. The transformer block builds
+  projections for these only, so that none is left without a gradient; the
+  module ignores whatever it receives for the others.
+
+  Raises:
+    ValueError: a `uses` that is empty or names anything but 'q', 'k', 'v'.
+  """
+  used = tuple(getattr(module, 'uses', INPUTS))
+  if not used or not set(used) <= set(INPUTS):
+    raise ValueError(
+      f'{type(module).__name__}.uses must be a non-empty subset of '
+      f'{INPUTS}, got {used!r}'
+    )
+  return tuple(name for name in INPUTS if name in used)
+
+
 def redraw_features(model: nnx.Module, step) -> None:
   """Redraws the random features of every attention module inside `model`.
 
