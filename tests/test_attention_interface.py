@@ -28,8 +28,24 @@ CASES = [
   ('local', {'pattern': 'sliding', 'window': 8}),
   ('sparse', {'pattern': 'fixed', 'block_size': 8}),
   ('sparse', {'pattern': 'bigbird', 'block_size': 8}),
+  ('linear', {'chunk_size': 8}),
+  ('reformer', {'bucket_size': 4, 'n_hashes': 2}),
 ]
 IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in o.items())}' for n, o in CASES]
+# Variants whose method cannot be causal: causal=True is a ValueError that
+# says so (test_causal_is_refused_where_the_method_cannot_be_causal).
+BIDIRECTIONAL_ONLY = ('linformer', 'sinkhorn')
+CAUSAL_CASES = [case for case in CASES if case[0] not in BIDIRECTIONAL_ONLY]
+CAUSAL_IDS = [
+  i for i, (n, _) in zip(IDS, CASES, strict=True) if n not in BIDIRECTIONAL_ONLY
+]
+# (name, opts, causal) for every mode a variant has.
+MODES = [(n, o, False) for n, o in CASES] + [
+  (n, o, True) for n, o in CASES if n not in BIDIRECTIONAL_ONLY
+]
+MODE_IDS = [f'{i}-bidirectional' for i in IDS] + [
+  f'{i}-causal' for i in CAUSAL_IDS
+]
 B, L, H, D = 2, 29, 2, 8
 # Only float rounding may differ between jit and eager (fusion order).
 JIT_RTOL, JIT_ATOL = 1e-5, 1e-6
@@ -58,9 +74,8 @@ def test_every_registered_variant_has_a_case():
   assert set(attention.names()) == {name for name, _ in CASES}
 
 
-@pytest.mark.parametrize('causal', [True, False])
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('name,opts', CASES, ids=IDS)
+@pytest.mark.parametrize('name,opts,causal', MODES, ids=MODE_IDS)
 def test_shape_and_dtype(name, opts, causal, dtype):
   attn = _create(name, opts, causal)
   q, k, v = _inputs(dtype)
@@ -70,8 +85,7 @@ def test_shape_and_dtype(name, opts, causal, dtype):
   assert np.all(np.isfinite(np.asarray(out, np.float32)))
 
 
-@pytest.mark.parametrize('causal', [True, False])
-@pytest.mark.parametrize('name,opts', CASES, ids=IDS)
+@pytest.mark.parametrize('name,opts,causal', MODES, ids=MODE_IDS)
 def test_jit_matches_eager(name, opts, causal):
   attn = _create(name, opts, causal)
   # Trigonometric features with 16 features and unit-norm inputs give
@@ -86,8 +100,7 @@ def test_jit_matches_eager(name, opts, causal):
   np.testing.assert_allclose(jitted, eager, rtol=JIT_RTOL, atol=JIT_ATOL)
 
 
-@pytest.mark.parametrize('causal', [True, False])
-@pytest.mark.parametrize('name,opts', CASES, ids=IDS)
+@pytest.mark.parametrize('name,opts,causal', MODES, ids=MODE_IDS)
 def test_padded_keys_have_no_effect(name, opts, causal):
   attn = _create(name, opts, causal)
   q, k, v = _inputs()
@@ -103,7 +116,7 @@ def test_padded_keys_have_no_effect(name, opts, causal):
   np.testing.assert_allclose(out_changed, out, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize('name,opts', CASES, ids=IDS)
+@pytest.mark.parametrize('name,opts', CAUSAL_CASES, ids=CAUSAL_IDS)
 def test_causal_gradient_from_future_is_zero(name, opts):
   attn = _create(name, opts, causal=True)
   q, k, v = _inputs()
@@ -121,7 +134,7 @@ def test_causal_gradient_from_future_is_zero(name, opts):
       assert np.any(np.asarray(grads[2][1, :i]) != 0.0)
 
 
-@pytest.mark.parametrize('name,opts', CASES, ids=IDS)
+@pytest.mark.parametrize('name,opts', CAUSAL_CASES, ids=CAUSAL_IDS)
 def test_causal_outputs_ignore_changed_future(name, opts):
   attn = _create(name, opts, causal=True)
   q, k, v = _inputs()
@@ -136,6 +149,13 @@ def test_causal_outputs_ignore_changed_future(name, opts):
   out_changed = np.asarray(attn(*changed))
   np.testing.assert_array_equal(out_changed[:, : i + 1], out[:, : i + 1])
   assert np.any(out_changed[:, i + 1 :] != out[:, i + 1 :])
+
+
+@pytest.mark.parametrize('name', BIDIRECTIONAL_ONLY)
+def test_causal_is_refused_where_the_method_cannot_be_causal(name):
+  opts = next(o for n, o in CASES if n == name)
+  with pytest.raises(ValueError, match='causal'):
+    _create(name, opts, causal=True)
 
 
 @pytest.mark.parametrize('name,opts', CASES, ids=IDS)
@@ -191,7 +211,7 @@ def test_invalid_option_value_is_named():
     )
 
 
-@pytest.mark.parametrize('name,opts', CASES, ids=IDS)
+@pytest.mark.parametrize('name,opts', CAUSAL_CASES, ids=CAUSAL_IDS)
 def test_bad_shapes_are_named(name, opts):
   attn = _create(name, opts, causal=True)
   q, k, v = _inputs()

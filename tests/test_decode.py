@@ -1,7 +1,7 @@
 """Prefill + token-by-token decoding against the parallel pass.
 
-For every causal attention variant (the small options of
-test_attention_interface.CASES) and for the language model with each
+For every attention variant that has a causal form (the small options of
+test_attention_interface.CAUSAL_CASES) and for the language model with each
 position encoding: the outputs of a prefill of the prompt followed by one
 `decode` per later position equal the parallel pass over the whole sequence
 (fp32, 1e-5). Prompt lengths end mid-chunk (chunk 8), mid-window (window 8)
@@ -16,7 +16,8 @@ from flax import nnx
 
 from performer import attention
 from tests import test_model
-from tests.test_attention_interface import CASES, IDS
+from tests.test_attention_interface import CAUSAL_CASES as CASES
+from tests.test_attention_interface import CAUSAL_IDS as IDS
 
 B, L, H, D = 2, 21, 2, 8
 PROMPTS = (1, 13)  # 13 = 8 + 5: mid-chunk, mid-window, mid-block.

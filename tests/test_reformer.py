@@ -169,19 +169,6 @@ def test_ignores_k_and_model_has_no_key_projection():
   assert block.key is None and block.query is not None
 
 
-def test_every_model_parameter_gets_a_gradient():
-  config = test_model.small_config('reformer', 'classifier', pool='cls')
-  net = test_model.build(config)
-  toks = test_model.tokens(0)
-
-  def loss(net):
-    return jnp.sum(net(toks, test_model.padding_mask()) ** 2)
-
-  grads = nnx.grad(loss)(net)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    assert np.any(np.asarray(g) != 0), jax.tree_util.keystr(path)
-
-
 def test_decode_equals_parallel_pass():
   attn = _create(True, bucket_size=4, n_buckets=4, n_hashes=2)
   length = 21

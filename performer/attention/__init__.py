@@ -43,4 +43,4 @@ __all__ = [
 ]
 
 # Importing the families registers them.
-from performer.attention import favor, local, reformer, softmax, sparse  # noqa: E402, F401, I001
+from performer.attention import favor, linear, local, reformer, softmax, sparse  # noqa: E402, F401, I001
