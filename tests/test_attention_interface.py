@@ -30,6 +30,8 @@ CASES = [
   ('sparse', {'pattern': 'bigbird', 'block_size': 8}),
   ('linear', {'chunk_size': 8}),
   ('reformer', {'bucket_size': 4, 'n_hashes': 2}),
+  ('linformer', {'k': 8, 'max_len': 32}),
+  ('sinkhorn', {'block_size': 8, 'max_len': 32}),
 ]
 IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in o.items())}' for n, o in CASES]
 # Variants whose method cannot be causal: causal=True is a ValueError that

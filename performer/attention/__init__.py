@@ -43,4 +43,6 @@ __all__ = [
 ]
 
 # Importing the families registers them.
-from performer.attention import favor, linear, local, reformer, softmax, sparse  # noqa: E402, F401, I001
+# ruff: noqa: E402, F401, I001
+from performer.attention import favor, linear, linformer, local, reformer
+from performer.attention import sinkhorn, softmax, sparse
