@@ -34,6 +34,23 @@ configs of the public code):
   summary positions per block (what LRA's get_model passed). LRA applied
   it causally even in the encoders; here it is bidirectional like every
   other variant of a classifier.
+- linformer: k = 16 slots, one projection shared by keys and values (and,
+  as always here, by the heads). Unlike LRA's, padded keys are removed
+  before the projection.
+- reformer: 1 hash round into 10 buckets, chunks of 64 (LRA: 10 buckets, 1
+  round). Unlike LRA's: logits scaled by 1/sqrt(d) (LRA multiplied),
+  length-normalized keys, rotations drawn per layer from (seed, step), the
+  padding mask applied.
+- longformer: a sliding window of 512 (LRA's) plus the CLS token as the one
+  global token, as the Longformer paper does for classification (LRA's had
+  none, and built a dense L x L mask).
+- sinkhorn: blocks of 50 (64 for Image, set in lra_image.py), 8 Sinkhorn
+  iterations at temperature 0.75 (the paper's; LRA's defaults ran none and
+  its sorting contracted the permutation away).
+- synthesizer: 'random' + vanilla, softmax(R + Q K^T / sqrt(d)) with a
+  learned [heads, max_len, max_len] R, as LRA ran it.
+- linear: elu + 1 features (LRA ignored the padding mask; here padded keys
+  are removed).
 """
 
 import math
@@ -47,6 +64,14 @@ ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.98, 1e-9
 # LRA's local attention block and Sparse Transformer fixed pattern.
 LOCAL_BLOCK = 50
 SPARSE_BLOCK, SPARSE_SUMMARY = 50, 10
+# The other LRA baselines (see the module docstring).
+ZOO_OPTIONS = {
+  'linformer': {'k': 16, 'share_kv': True},
+  'reformer': {'n_hashes': 1, 'n_buckets': 10, 'bucket_size': 64},
+  'longformer': {'window': 512, 'global_positions': (0,)},
+  'sinkhorn': {'block_size': 50, 'sinkhorn_iters': 8, 'temperature': 0.75},
+  'synthesizer': {'mode': 'random', 'vanilla': True},
+}
 # The LRA Performer default: generalized attention, deterministic ReLU
 # features (see the module docstring).
 FAVOR_OPTIONS = {
@@ -155,6 +180,8 @@ def set_attention_options(
   options.sparse.pattern = 'fixed'
   options.sparse.block_size = SPARSE_BLOCK
   options.sparse.num_summary = SPARSE_SUMMARY
+  for name, values in ZOO_OPTIONS.items():
+    options[name].update(values)
 
 
 def set_lite(

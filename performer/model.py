@@ -145,12 +145,12 @@ def attention_create_options(
   if isinstance(options, ml_collections.ConfigDict):
     options = options.to_dict()
   options = {k: v for k, v in dict(options).items() if v is not None}
-  valid = attention.options(name)
-  sizes = {'max_len': config['max_len'], 'num_heads': config['num_heads']}
-  for key, value in sizes.items():
-    # An invalid size is reported by the model's own checks.
-    if key in valid and key not in options and isinstance(value, int):
-      options[key] = value + int(cls_token) if key == 'max_len' else value
+  max_len, num_heads = config['max_len'], config['num_heads']
+  # An invalid size is reported by the model's own checks, not here.
+  if isinstance(max_len, int) and isinstance(num_heads, int):
+    options = attention.with_sizes(
+      name, options, max_len=max_len + int(cls_token), num_heads=num_heads
+    )
   return options
 
 

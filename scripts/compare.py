@@ -33,7 +33,8 @@ fails (data not prepared, say) is recorded with its error, written to
 then nothing is written. Paths in results.json are relative to the project
 root (workdirs outside it: to --root). Published names map to ours as
 Transformer = softmax, Performer = favor, Local Att. = local, Sparse
-Trans. = sparse;
+Trans. = sparse, Linear Trans. = linear, and Reformer, Linformer,
+Longformer, Sinkhorn and Synthesizer by their names in lower case;
 'pathx' is Pathfinder at 128x128 (configs/lra_pathfinder.py:size=128), on
 which every LRA model failed.
 """

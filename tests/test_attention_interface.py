@@ -32,6 +32,19 @@ CASES = [
   ('reformer', {'bucket_size': 4, 'n_hashes': 2}),
   ('linformer', {'k': 8, 'max_len': 32}),
   ('sinkhorn', {'block_size': 8, 'max_len': 32}),
+  ('longformer', {'window': 8, 'global_positions': (0, 5)}),
+  ('synthesizer', {'mode': 'dense', 'max_len': 32, 'num_heads': 2}),
+  ('synthesizer', {'mode': 'random', 'max_len': 32, 'num_heads': 2}),
+  (
+    'synthesizer',
+    {
+      'mode': 'factorized',
+      'k': 4,
+      'vanilla': True,
+      'max_len': 32,
+      'num_heads': 2,
+    },
+  ),
 ]
 IDS = [f'{n}-{"-".join(f"{k}={v}" for k, v in o.items())}' for n, o in CASES]
 # Variants whose method cannot be causal: causal=True is a ValueError that

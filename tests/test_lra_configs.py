@@ -216,6 +216,8 @@ def _toy_model(task: str, name: str):
       options = config.model.attention_options.get(favor)
       if options is not None and options.projection != 'none':
         options.num_features = min(options.num_features, 8)
+    # Sinkhorn sorts blocks: at least two of them in 24 positions.
+    config.model.attention_options.sinkhorn.block_size = 8
   model = model_lib.create_model(config.model, rngs=nnx.Rngs(0))
   return config, model
 

@@ -321,7 +321,6 @@ def test_every_model_parameter_gets_a_gradient():
     ({'block_size': 0}, 'block_size must be an int >= 1, got 0'),
     ({'max_len': None}, 'max_len is required'),
     ({'max_len': 0}, 'max_len must be an int >= 1, got 0'),
-    ({'block_size': 8, 'max_len': 8}, 'block_size=8 must be < max_len=8'),
     ({'sinkhorn_iters': 0}, 'sinkhorn_iters must be an int >= 1, got 0'),
     ({'sinkhorn_iters': 2.0}, 'sinkhorn_iters must be an int >= 1, got 2.0'),
     ({'temperature': 0.0}, 'temperature must be a finite number > 0, got 0.0'),
@@ -333,6 +332,17 @@ def test_every_model_parameter_gets_a_gradient():
 def test_bad_options_are_named(opts, words):
   with pytest.raises(ValueError, match=words):
     _create(**opts)
+
+
+def test_one_block_is_dense_attention():
+  # max_len <= block_size: one block, P = [[1]], nothing to sort.
+  attn = _create(block_size=32, max_len=29)
+  q, k, v = _inputs()
+  mask = _mask()
+  expected = reference.masked_softmax_attention(q, k, v, None, mask)
+  np.testing.assert_allclose(
+    attn(q, k, v, mask=mask), expected, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_causal_is_refused():

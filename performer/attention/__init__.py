@@ -28,6 +28,7 @@ from performer.attention.registry import (
   register,
   unregister,
   uses,
+  with_sizes,
 )
 
 __all__ = [
@@ -40,9 +41,10 @@ __all__ = [
   'register',
   'unregister',
   'uses',
+  'with_sizes',
 ]
 
 # Importing the families registers them.
 # ruff: noqa: E402, F401, I001
-from performer.attention import favor, linear, linformer, local, reformer
-from performer.attention import sinkhorn, softmax, sparse
+from performer.attention import favor, linear, linformer, local, longformer
+from performer.attention import reformer, sinkhorn, softmax, sparse, synthesizer

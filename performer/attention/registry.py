@@ -59,6 +59,32 @@ def option_hints(name: str) -> dict[str, Any]:
   return {key: hints[key] for key in options(name) if key in hints}
 
 
+def with_sizes(name: str, opts: dict, *, max_len: int, num_heads: int) -> dict:
+  """`options` plus the sizes that only the caller knows, where needed.
+
+  A variant with learned [max_len, ...] parameters (Linformer, Sinkhorn,
+  Synthesizer) declares `max_len: int | None = None`, and one with per-head
+  parameters `num_heads`; whoever builds it (the transformer, a benchmark)
+  knows the longest sequence and the head count. Those the variant accepts
+  and `opts` leaves unset (or None) are filled in.
+
+  Args:
+    name: a registered variant.
+    opts: its options for `create`.
+    max_len: the longest sequence the module will see.
+    num_heads: the number of heads of its inputs.
+
+  Returns:
+    A new dict.
+  """
+  accepted = options(name)
+  sized = dict(opts)
+  for key, value in (('max_len', max_len), ('num_heads', num_heads)):
+    if key in accepted and sized.get(key) is None:
+      sized[key] = value
+  return sized
+
+
 INPUTS = ('q', 'k', 'v')
 
 

@@ -101,8 +101,11 @@ class SinkhornAttention(nnx.Module):
       block_size: C, positions per block; a query attends to 2C keys. A
         sequence shorter than C is one block.
       max_len: the longest sequence; the sort network outputs
-        ceil(max_len / block_size) block logits. Required, and at least
-        two blocks long (block_size < max_len), or nothing could be sorted.
+        ceil(max_len / block_size) block logits. Required. With
+        max_len <= block_size every sequence is one block: P = [[1]],
+        nothing is sorted, the result is dense attention and the sort
+        network is unused (allowed, so that a model config whose other
+        variants' options do not fit its length is still valid).
       sinkhorn_iters: rounds of row and column normalisation, >= 1.
       temperature: the sort logits are divided by it before balancing; a
         positive number (smaller: closer to a hard permutation, and slower
@@ -124,17 +127,12 @@ class SinkhornAttention(nnx.Module):
       raise ValueError(
         'sinkhorn option max_len is required (got None): the sort network '
         'outputs ceil(max_len / block_size) block logits; give the longest '
-        'sequence, an int >= 2 (the model fills it in)'
+        'sequence, an int >= 1 (the model fills it in)'
       )
     self.head_dim = head_dim
     self.causal = causal
     self.block_size = common.check_positive_int('block_size', block_size)
     self.max_len = common.check_positive_int('max_len', max_len)
-    if block_size >= max_len:
-      raise ValueError(
-        f'sinkhorn needs at least two blocks to sort: block_size='
-        f'{block_size} must be < max_len={max_len}'
-      )
     self.sinkhorn_iters = common.check_positive_int(
       'sinkhorn_iters', sinkhorn_iters
     )

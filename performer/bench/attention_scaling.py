@@ -103,7 +103,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
   unsupported = {}
   for name in variants:
     errors = refusals(
-      name, causal[args.causal], args.head_dim, timed.seed, options[name]
+      name,
+      causal[args.causal],
+      args.head_dim,
+      timed.seed,
+      options[name],
+      max_len=max(lengths),
+      num_heads=args.heads,
     )
     if len(errors) == len(causal[args.causal]):
       # Refused in every requested mode: the options themselves are bad.
@@ -146,6 +152,9 @@ def refusals(
   head_dim: int,
   seed: int,
   options: dict[str, Any],
+  *,
+  max_len: int,
+  num_heads: int,
 ) -> dict[bool, str]:
   """Why `attention.create` refuses the variant, per refused causal mode.
 
@@ -155,12 +164,18 @@ def refusals(
     head_dim: size of each head.
     seed: of the module's rngs.
     options: passed to `attention.create`.
+    max_len: the longest length it will be run at, and
+    num_heads: its heads, for variants sized by them
+      (`attention.with_sizes`).
 
   Returns:
     causal -> the ValueError's message, for each mode that is refused (a
     bidirectional-only variant refuses causal=True, say).
   """
   errors = {}
+  options = attention.with_sizes(
+    name, options, max_len=max_len, num_heads=num_heads
+  )
   for causal in causal_modes:
     try:
       attention.create(
@@ -323,12 +338,16 @@ def _run_modes(
   """Compiles, checks and times each mode, writing into `record`."""
   name, causal, length = record['variant'], record['causal'], record['length']
   try:
+    # Variants with learned [max_len, ...] parameters are sized to this run.
+    sized = attention.with_sizes(
+      name, plan.options[name], max_len=length, num_heads=plan.heads
+    )
     module = attention.create(
       name,
       head_dim=plan.head_dim,
       causal=causal,
       rngs=nnx.Rngs(plan.timing.seed),
-      **plan.options[name],
+      **sized,
     )
     graphdef, state = nnx.split(module)
     shape = (plan.batch, length, plan.heads, plan.head_dim)
