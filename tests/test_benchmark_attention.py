@@ -16,6 +16,7 @@ import pytest
 
 from performer import attention
 from performer.bench import attention_scaling, flops, timing
+from tests.test_attention_interface import BIDIRECTIONAL_ONLY
 
 _SCRIPT = (
   pathlib.Path(__file__).resolve().parents[1] / 'scripts'
@@ -31,6 +32,7 @@ TINY = [
   '--num_features=16',
   '--window=8',
   '--block_size=8',
+  '--option=reformer.bucket_size=4',
   '--warmup=1',
   '--repeats=2',
 ]
@@ -152,6 +154,11 @@ def test_every_registered_variant_runs(name):
   )
 
   assert [r['causal'] for r in records] == [False, True]
+  if name in BIDIRECTIONAL_ONLY:
+    # Refused causal: recorded as skipped, with the module's reason.
+    assert records[1]['status'] == 'skipped'
+    assert 'cannot be causal' in records[1]['reason']
+    records = records[:1]
   for record in records:
     _check_ok(record, name, record['causal'], 16)
     accepted = attention.options(name)
