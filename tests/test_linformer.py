@@ -14,7 +14,7 @@ from flax import nnx
 
 from performer import attention
 from performer.attention import linformer
-from tests import test_model
+from tests import jaxpr_walk, test_model
 
 B, L, H, D = 2, 29, 2, 8
 K, MAX_LEN = 6, 40
@@ -280,19 +280,7 @@ def test_memory_is_linear_in_length():
   q = jnp.zeros((1, 1024, 1, D))
   mask = jnp.ones((1, 1024), bool)
   jaxpr = jax.make_jaxpr(jax.grad(lambda q: attn(q, q, q, mask).sum()))(q)
-  shapes = list(_all_shapes(jaxpr.jaxpr))
+  shapes = list(jaxpr_walk.all_shapes(jaxpr.jaxpr))
   assert len(shapes) > 10
   for shape in shapes:
     assert sum(n >= 1024 for n in shape) <= 1, shape
-
-
-def _all_shapes(jaxpr):
-  """The shapes of every value in `jaxpr` and its sub-jaxprs."""
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      yield tuple(getattr(var.aval, 'shape', ()))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, tuple | list) else (param,):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          yield from _all_shapes(inner)

@@ -14,14 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.extend import core as jax_core
 
 from performer import attention
 from performer.attention import (
   local,
   longformer,  # noqa: F401  (registers it)
 )
-from tests import reference
+from tests import jaxpr_walk, reference
 
 B, L, H, D = 2, 37, 2, 8
 RTOL, ATOL = 1e-5, 1e-5
@@ -343,19 +342,6 @@ def test_bfloat16(causal):
   )
 
 
-def _all_shapes(jaxpr):
-  """The shapes of every value in `jaxpr` and its sub-jaxprs."""
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      yield tuple(getattr(var.aval, 'shape', ()))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, tuple | list) else (param,):
-        if isinstance(sub, jax_core.ClosedJaxpr):
-          yield from _all_shapes(sub.jaxpr)
-        elif isinstance(sub, jax_core.Jaxpr):
-          yield from _all_shapes(sub)
-
-
 @pytest.mark.parametrize('causal', [False, True])
 def test_no_length_squared_intermediate(causal):
   length = 1024
@@ -363,7 +349,7 @@ def test_no_length_squared_intermediate(causal):
   x = jnp.zeros((1, length, 1, D))
   mask = jnp.ones((1, length), bool)
   grad = jax.grad(lambda q, k, v: attn(q, k, v, mask=mask).sum(), (0, 1, 2))
-  shapes = list(_all_shapes(jax.make_jaxpr(grad)(x, x, x).jaxpr))
+  shapes = list(jaxpr_walk.all_shapes(jax.make_jaxpr(grad)(x, x, x).jaxpr))
   assert len(shapes) > 50  # The walk reached the computation.
   assert (1, 1, 3, length) in shapes or (1, 1, 1, 3, length) in shapes
   for shape in shapes:

@@ -6,7 +6,8 @@ query i sees key j when, in some round, both share a bucket and j's chunk
 (rank // bucket_size) is i's or the one before, j != i, j real (and j <= i
 when causal). Attention is then a dense softmax over that union with the
 normalized queries as keys; a query that sees nothing outputs its own value.
-fp32 against float64, 1e-5.
+fp32 against float64, 1e-5. Prefill + decode against the parallel pass is
+tests/test_decode.py's generic check (the reformer case of its CASES).
 """
 
 import json
@@ -21,7 +22,7 @@ import pytest
 from flax import nnx
 
 from performer import attention
-from tests import reference, test_model
+from tests import jaxpr_walk, reference, test_model
 
 B, L, H, D = 2, 37, 2, 8
 RTOL, ATOL = 1e-5, 1e-5
@@ -169,26 +170,6 @@ def test_ignores_k_and_model_has_no_key_projection():
   assert block.key is None and block.query is not None
 
 
-def test_decode_equals_parallel_pass():
-  attn = _create(True, bucket_size=4, n_buckets=4, n_hashes=2)
-  length = 21
-  q, v = _inputs(length=length)
-  mask = jnp.ones((B, length), bool).at[0, 0].set(False)
-  expected = attn(q, q, v, mask=mask)
-  for prompt in (1, 13):
-    cache = attn.init_cache(B, H, length)
-    out, cache = attn.prefill(
-      q[:, :prompt], q[:, :prompt], v[:, :prompt], cache, mask=mask[:, :prompt]
-    )
-    outs = [out]
-    for i in range(prompt, length):
-      s = slice(i, i + 1)
-      out, cache = attn.decode(q[:, s], q[:, s], v[:, s], cache)
-      outs.append(out)
-    got = jnp.concatenate(outs, axis=1)
-    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
-
-
 def test_hashes_follow_seed_and_step():
   q, _ = _inputs()
   a, b = (
@@ -290,19 +271,7 @@ def test_memory_is_linear_in_length():
   attn = _create(True, bucket_size=32, n_hashes=2)
   q = jnp.zeros((1, 1024, 1, D))
   jaxpr = jax.make_jaxpr(jax.grad(lambda q: attn(q, q, q).sum()))(q)
-  shapes = list(_all_shapes(jaxpr.jaxpr))
+  shapes = list(jaxpr_walk.all_shapes(jaxpr.jaxpr))
   assert len(shapes) > 100  # The walk reached the inner jaxprs.
   for shape in shapes:
     assert sum(n >= 1024 for n in shape) <= 1, shape
-
-
-def _all_shapes(jaxpr):
-  """The shapes of every value in `jaxpr` and its sub-jaxprs."""
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      yield tuple(getattr(var.aval, 'shape', ()))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, tuple | list) else (param,):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          yield from _all_shapes(inner)

@@ -24,7 +24,7 @@ from flax import nnx
 
 from performer import attention
 from performer.attention import sinkhorn
-from tests import reference, test_model
+from tests import jaxpr_walk, reference, test_model
 
 B, L, H, D = 2, 29, 2, 8
 C = 8  # block_size: 4 blocks, the last with 5 positions.
@@ -368,19 +368,7 @@ def test_memory_is_linear_in_length():
   attn = _create(block_size=32, max_len=length)
   q = jnp.zeros((1, length, 1, D))
   jaxpr = jax.make_jaxpr(jax.grad(lambda q: attn(q, q, q).sum()))(q)
-  shapes = list(_all_shapes(jaxpr.jaxpr))
+  shapes = list(jaxpr_walk.all_shapes(jaxpr.jaxpr))
   assert len(shapes) > 50
   for shape in shapes:
     assert sum(n >= length for n in shape) <= 1, shape
-
-
-def _all_shapes(jaxpr):
-  """The shapes of every value in `jaxpr` and its sub-jaxprs."""
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      yield tuple(getattr(var.aval, 'shape', ()))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, tuple | list) else (param,):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          yield from _all_shapes(inner)
