@@ -92,3 +92,24 @@ def check_choice(name: str, value, valid) -> str:
   if value not in valid:
     raise ValueError(f'unknown {name} {value!r}; valid: {sorted(valid)}')
   return value
+
+
+def required_size(variant: str, name: str, value, why: str) -> int:
+  """A size option (`max_len`, `num_heads`) that the model fills in.
+
+  Args:
+    variant: the registered name, for the message.
+    name: the option.
+    value: its value; None (not filled in) is an error that says why it is
+      needed.
+    why: what the variant sizes with it.
+
+  Returns:
+    `value`, checked to be an int >= 1.
+  """
+  if value is None:
+    raise ValueError(
+      f'{variant} option {name} is required (got None): {why}; give an '
+      'int >= 1 (the model fills it in)'
+    )
+  return check_positive_int(name, value)

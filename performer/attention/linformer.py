@@ -84,12 +84,9 @@ class LinformerAttention(nnx.Module):
         'sequence mixes every position, future ones included, into every '
         'slot; use causal=False'
       )
-    if max_len is None:
-      raise ValueError(
-        'linformer option max_len is required (got None): E and F have one '
-        'row per position; give the longest key sequence, an int >= 1 (the '
-        'model fills it in)'
-      )
+    common.required_size(
+      'linformer', 'max_len', max_len, 'E and F have one row per key position'
+    )
     if not isinstance(share_kv, bool):
       raise ValueError(f'share_kv must be True or False, got {share_kv!r}')
     self.head_dim = head_dim

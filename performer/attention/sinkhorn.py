@@ -123,12 +123,12 @@ class SinkhornAttention(nnx.Module):
         "paper's causal Sinkhorn balancing is only approximately causal. "
         'Use causal=False'
       )
-    if max_len is None:
-      raise ValueError(
-        'sinkhorn option max_len is required (got None): the sort network '
-        'outputs ceil(max_len / block_size) block logits; give the longest '
-        'sequence, an int >= 1 (the model fills it in)'
-      )
+    common.required_size(
+      'sinkhorn',
+      'max_len',
+      max_len,
+      'the sort network outputs ceil(max_len / block_size) block logits',
+    )
     self.head_dim = head_dim
     self.causal = causal
     self.block_size = common.check_positive_int('block_size', block_size)

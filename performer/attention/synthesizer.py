@@ -80,15 +80,6 @@ def _check_bool(name: str, value) -> bool:
   return value
 
 
-def _required(name: str, value, why: str) -> int:
-  if value is None:
-    raise ValueError(
-      f'synthesizer option {name} is required (got None): {why}; give an '
-      'int >= 1 (the model fills it in)'
-    )
-  return common.check_positive_int(name, value)
-
-
 @registry.register('synthesizer')
 class SynthesizerAttention(decoding.KVCacheDecoding, nnx.Module):
   """Attention with synthesized (dense MLP or random table) logits.
@@ -149,11 +140,17 @@ class SynthesizerAttention(decoding.KVCacheDecoding, nnx.Module):
         "random table), got mode='dense': a fixed random MLP is not one of "
         "the paper's synthesizers"
       )
-    self.max_len = _required(
-      'max_len', max_len, 'the synthetic logits have one column per position'
+    self.max_len = common.required_size(
+      'synthesizer',
+      'max_len',
+      max_len,
+      'the synthetic logits have one column per position',
     )
-    self.num_heads = _required(
-      'num_heads', num_heads, 'the synthesizer parameters are per head'
+    self.num_heads = common.required_size(
+      'synthesizer',
+      'num_heads',
+      num_heads,
+      'the synthesizer parameters are per head',
     )
     if vanilla:
       self.uses = ('q', 'k', 'v')
