@@ -2,10 +2,10 @@
 
 Each config is locked and documented, takes every attention variant and
 `lite`, and has the public LRA code's settings (spot-checked against the
-table written out below). Each task's lite model, shrunk to toy size, takes
-one `steps.train_step` (every variant does so on one task) and computes a
-finite loss with every variant, on synthetic batches in the format of
-performer.data.classification (the data of three tasks needs a download).
+table written out below). Lite models, shrunk to toy size, take one
+`steps.train_step` (every variant on one task, every task with softmax) on
+synthetic batches in the format of performer.data.classification (the data
+of three tasks needs a download).
 """
 
 import importlib
@@ -223,10 +223,16 @@ def _toy_model(task: str, name: str):
 
 
 VARIANTS = attention.names()
+# Every variant on one task (taken in turn) and every task with softmax:
+# the variant's options and the task's head each meet the step once; the
+# full product would compile 60 models to find the same faults.
+STEP_CASES = sorted(
+  {(TASKS[i % len(TASKS)], name) for i, name in enumerate(VARIANTS)}
+  | {(task, 'softmax') for task in TASKS}
+)
 
 
-@pytest.mark.parametrize('name', VARIANTS)
-@pytest.mark.parametrize('task', TASKS)
+@pytest.mark.parametrize('task,name', STEP_CASES)
 def test_one_training_step(task, name):
   config, model = _toy_model(task, name)
   with config.unlocked():
