@@ -3,9 +3,9 @@
 import os
 
 # The suite compiles thousands of tiny XLA programs, and on a CPU compiling
-# them costs more than running them. Two compile-time settings, neither of
-# which changes float semantics (XLA's CPU fast-math stays off), so results
-# and golden values are the same as with the defaults:
+# them costs more than running them. Two compile-time settings; XLA's CPU
+# fast-math stays off with both, and the suite's golden values and
+# tolerances hold as with the defaults:
 # - LLVM optimization level 0 (cuts the suite's time by about a quarter);
 # - XLA's older elemental emitters instead of the fusion emitters (MLIR),
 #   whose per-program set-up is slower: this halves the time again
