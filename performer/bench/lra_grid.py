@@ -596,7 +596,8 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
     f'Test accuracy of the best-validation checkpoint, mean ± sample std '
     f'over n seeds{" (lite configs)" if lite else ""}; LRA Table 1: '
     'Transformer = softmax, Performer = favor, Local Att. = local, Sparse '
-    'Trans. = sparse (FAIL: chance on Path-X). Steps/s and peak memory: '
+    'Trans. = sparse, Linear Trans. = linear, the others by their names '
+    '(FAIL: chance on Path-X). Steps/s and peak memory: '
     'means over the seeds.'
   )
   if any(row['standin_data'] for row in rows):
