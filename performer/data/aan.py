@@ -31,6 +31,7 @@ keeps from the file (each grain worker opens the file itself).
 """
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -67,16 +68,26 @@ class Pairs:
     # [pairs, 4]: start and end of text1, start and end of text2.
     self.spans, self.labels = _scan(path)
     self._file = None
+    self._open_lock = threading.Lock()
 
   def _read(self, start: int, end: int) -> bytes:
     # Positional reads: safe from grain's reader threads sharing the file.
-    if self._file is None:
-      self._file = open(self.path, 'rb', buffering=0)
+    # Opened once under a lock: two threads opening it at once would each
+    # assign a file, and the one replaced is closed under the other's read.
+    with self._open_lock:
+      if self._file is None:
+        self._file = open(self.path, 'rb', buffering=0)
     return os.pread(self._file.fileno(), end - start, start)
 
   def __getstate__(self):
     # Workers get the offsets and open the file themselves.
-    return {**self.__dict__, '_file': None}
+    state = {**self.__dict__, '_file': None}
+    del state['_open_lock']  # Locks do not pickle; each process makes one.
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._open_lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self.labels)
