@@ -189,15 +189,16 @@ CONFIG_MODULES = sorted(
 _HEAVY = ('tensorflow', 'tensorflow_datasets')
 _IMPORT_SCRIPT = """
 import importlib, json, sys
-pulled = {{}}
+pulled, seen = {{}}, set()
 for name in sys.argv[1:]:
   module = importlib.import_module(name)
   if hasattr(module, 'get_config'):
     module.get_config()
   # Imports accumulate: a module is blamed for what appeared with it.
   pulled[name] = sorted(
-    m for m in {heavy} if m in sys.modules and m not in sum(pulled.values(), [])
+    m for m in {heavy} if m in sys.modules and m not in seen
   )
+  seen.update(pulled[name])
 print(json.dumps(pulled))
 """
 

@@ -31,7 +31,6 @@ keeps from the file (each grain worker opens the file itself).
 """
 
 import os
-import threading
 from typing import Any
 
 import numpy as np
@@ -67,27 +66,22 @@ class Pairs:
     self.seq_len = seq_len
     # [pairs, 4]: start and end of text1, start and end of text2.
     self.spans, self.labels = _scan(path)
-    self._file = None
-    self._open_lock = threading.Lock()
+    # Opened here, once: a lazy open from grain's reader threads could race
+    # (two threads each open it, and the one replaced is closed under the
+    # other's read).
+    self._file = open(path, 'rb', buffering=0)
 
   def _read(self, start: int, end: int) -> bytes:
     # Positional reads: safe from grain's reader threads sharing the file.
-    # Opened once under a lock: two threads opening it at once would each
-    # assign a file, and the one replaced is closed under the other's read.
-    with self._open_lock:
-      if self._file is None:
-        self._file = open(self.path, 'rb', buffering=0)
     return os.pread(self._file.fileno(), end - start, start)
 
   def __getstate__(self):
     # Workers get the offsets and open the file themselves.
-    state = {**self.__dict__, '_file': None}
-    del state['_open_lock']  # Locks do not pickle; each process makes one.
-    return state
+    return {**self.__dict__, '_file': None}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
-    self._open_lock = threading.Lock()
+    self._file = open(self.path, 'rb', buffering=0)
 
   def __len__(self) -> int:
     return len(self.labels)
