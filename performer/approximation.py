@@ -119,11 +119,11 @@ def estimated_kernel(
     q_LD: queries.
     k_SD: keys.
     w_MD: the projection (rows w_m).
-    kernel: one of `features.KERNELS`.
+    kernel: one of `features.KERNELS`; FAVOR++ and FAVOR# take A (and Psi)
+      from the moments of these q and k.
     eps: the generalized features' additive constant.
   """
-  phi_LF = features.feature_map(q_LD, w_MD, kernel, eps)
-  phi_SF = features.feature_map(k_SD, w_MD, kernel, eps)
+  phi_LF, phi_SF = features.pair_feature_maps(q_LD, k_SD, w_MD, kernel, eps)
   k_LS = phi_LF @ phi_SF.T
   if kernel in features.SOFTMAX_KERNELS:
     return k_LS
@@ -144,6 +144,7 @@ def approximation_errors(
   kernel: str,
   eps: float = 1e-3,
   small_quantile: float = 0.1,
+  causal: bool = False,
 ) -> dict[str, jax.Array]:
   """Mean squared errors of one random-feature estimate.
 
@@ -156,6 +157,9 @@ def approximation_errors(
     eps: the generalized features' additive constant.
     small_quantile: which entries count as small kernel values for
       'small_kernel_mse'.
+    causal: keep only the entries j <= i (L == S), as a causal model
+      attends: the kernel errors are over those entries, the attention rows
+      normalized over them.
 
   Returns:
     Scalars: 'kernel_mse' (of the unnormalized kernel matrix),
@@ -168,21 +172,32 @@ def approximation_errors(
   """
   exact_LS = exact_kernel(q_LD, k_SD, kernel, eps)
   approx_LS = estimated_kernel(q_LD, k_SD, w_MD, kernel, eps)
+  seen_LS = jnp.ones(exact_LS.shape, bool)
+  if causal:
+    seen_LS = jnp.tril(seen_LS)
+    exact_LS = jnp.where(seen_LS, exact_LS, 0.0)
+    approx_LS = jnp.where(seen_LS, approx_LS, 0.0)
   a_LS = attention_matrix(exact_LS)
   a_hat_LS = attention_matrix(approx_LS)
   sq_LS = jnp.square(approx_LS - exact_LS)
+  # Entries a causal model never forms are exact zeros on both sides; the
+  # means are over the entries it does.
+  entries = jnp.sum(seen_LS)
   # The quantile of a strided subset: sorting all L x S entries would cost
   # more than the rest of the function.
   row_stride = max(1, exact_LS.shape[0] // 512)
   col_stride = max(1, exact_LS.shape[1] // 512)
   subset = exact_LS[::row_stride, ::col_stride]
-  threshold = jnp.quantile(subset, small_quantile)
-  small_LS = exact_LS <= threshold
+  seen_subset = seen_LS[::row_stride, ::col_stride]
+  threshold = jnp.nanquantile(
+    jnp.where(seen_subset, subset, jnp.nan), small_quantile
+  )
+  small_LS = (exact_LS <= threshold) & seen_LS
   return {
-    'kernel_mse': jnp.mean(sq_LS),
+    'kernel_mse': jnp.sum(sq_LS) / entries,
     'small_kernel_mse': jnp.sum(jnp.where(small_LS, sq_LS, 0.0))
     / jnp.sum(small_LS),
-    'attention_mse': jnp.mean(jnp.square(a_hat_LS - a_LS)),
+    'attention_mse': jnp.sum(jnp.square(a_hat_LS - a_LS)) / entries,
     'output_mse': jnp.mean(jnp.square(a_hat_LS @ v_SD - a_LS @ v_SD)),
   }
 
@@ -238,20 +253,22 @@ def sample_errors(
 def error_sweep(
   settings: dict[str, Any], log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
-  """Evaluates every (kernel, projection, M) of `settings`; one record each.
+  """Evaluates every (q, k scale, kernel, projection, M); one record each.
 
   Sample i uses the key fold_in(key(seed), i) for every configuration, so
-  all configurations see the same inputs in a sample (a paired comparison).
+  all configurations see the same inputs in a sample (a paired comparison;
+  inputs of another scale are the same draws rescaled).
 
   Args:
-    settings: 'kernels', 'projections', 'num_features' (lists), 'samples',
-      'seed', and the keyword arguments of `sample_errors` ('length',
-      'dim', 'qk_std', 'eps', 'small_quantile').
+    settings: 'qk_stds', 'kernels', 'projections', 'num_features' (lists),
+      'samples', 'seed', and the keyword arguments of `sample_errors`
+      ('length', 'dim', 'eps', 'small_quantile').
     log: receives one progress line per configuration.
 
   Returns:
-    Records with 'kernel', 'projection', 'num_features', 'seconds' and, for
-    each metric of `METRICS`, the fields of `summarize_samples`.
+    Records with 'source' ('random'), 'qk_std', 'kernel', 'projection',
+    'num_features', 'seconds' and, for each metric of `METRICS`, the fields
+    of `summarize_samples`.
   """
   fn = jax.jit(
     sample_errors,
@@ -259,52 +276,212 @@ def error_sweep(
   )
   base = jax.random.key(settings['seed'])
   keys = [jax.random.fold_in(base, i) for i in range(settings['samples'])]
-  shared = {
-    k: settings[k] for k in ('length', 'dim', 'qk_std', 'eps', 'small_quantile')
-  }
+  shared = {k: settings[k] for k in ('length', 'dim', 'eps', 'small_quantile')}
   records = []
-  for kernel in settings['kernels']:
-    for projection in settings['projections']:
-      for m in settings['num_features']:
-        start = time.perf_counter()
-        per_sample = {metric: [] for metric in METRICS}
-        for key in keys:
-          errors = jax.device_get(
-            fn(
-              key,
-              num_features=m,
-              projection=projection,
-              kernel=kernel,
-              **shared,
-            )
-          )
-          for metric in METRICS:
-            per_sample[metric].append(float(errors[metric]))
-        record = {'kernel': kernel, 'projection': projection, 'num_features': m}
-        for metric, values in per_sample.items():
-          record.update(summarize_samples(metric, values))
-        record['seconds'] = time.perf_counter() - start
-        records.append(record)
-        log(
-          f'{kernel} {projection} M={m}: attention_mse '
-          f'{record["attention_mse_mean"]:.3e}, output_mse '
-          f'{record["output_mse_mean"]:.3e} ({record["seconds"]:.1f} s)'
+  for qk_std in settings['qk_stds']:
+    for kernel, projection, m in _configurations(settings):
+      start = time.perf_counter()
+      per_sample = [
+        fn(
+          key,
+          num_features=m,
+          projection=projection,
+          kernel=kernel,
+          qk_std=qk_std,
+          **shared,
         )
+        for key in keys
+      ]
+      record = _record(
+        {'source': 'random', 'qk_std': qk_std},
+        kernel,
+        projection,
+        m,
+        jax.device_get(per_sample),
+      )
+      record['seconds'] = time.perf_counter() - start
+      records.append(record)
+      log(_progress(record))
   return records
 
 
-def summarize_samples(metric: str, values: list[float]) -> dict[str, Any]:
-  """<metric>_mean, _std (population), _median, _nonfinite and _samples.
+def trained_error_sweep(
+  layers: list[tuple[Any, Any, Any, Any]],
+  settings: dict[str, Any],
+  *,
+  causal: bool,
+  log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+  """The same errors on a trained model's own queries, keys and values.
 
-  A trigonometric estimate can put a row sum at (or near) zero; such a
-  sample is kept and counted (its value recorded as None), but mean and
-  spread use the finite ones.
+  Sample i draws its projection from fold_in(key(seed), i) for every
+  configuration; its error is the mean over all layers and heads, so the
+  spread over samples is the spread over projections. FAVOR++ and FAVOR#
+  take their statistics from each head's q and k (what the running
+  statistics of a causal model estimate).
+
+  Args:
+    layers: per layer, (q [T, H, D], k, v, real [T]) from
+      `performer.probe.attention_inputs`; padded positions are dropped.
+    settings: 'kernels', 'projections', 'num_features', 'samples', 'seed',
+      'eps', 'small_quantile'.
+    causal: whether the model attends causally (`approximation_errors`).
+    log: receives one progress line per configuration.
+
+  Returns:
+    Records as `error_sweep`'s with 'source' 'trained' and, per metric,
+    '<metric>_per_head': the mean over samples of each [layer][head].
+  """
+
+  def errors(q_LD, k_LD, v_LD, key, *, num_features, projection, kernel):
+    w_MD = features.draw_projection(
+      key, num_features, q_LD.shape[-1], projection
+    )
+    return approximation_errors(
+      q_LD,
+      k_LD,
+      v_LD,
+      w_MD,
+      kernel,
+      settings['eps'],
+      settings['small_quantile'],
+      causal,
+    )
+
+  fn = jax.jit(errors, static_argnames=('num_features', 'projection', 'kernel'))
+  heads = [
+    (q[real][:, h], k[real][:, h], v[real][:, h])
+    for q, k, v, real in layers
+    for h in range(q.shape[1])
+  ]
+  base = jax.random.key(settings['seed'])
+  keys = [jax.random.fold_in(base, i) for i in range(settings['samples'])]
+  records = []
+  for kernel, projection, m in _configurations(settings):
+    start = time.perf_counter()
+    # [samples][heads] of per-metric scalars.
+    grid = jax.device_get(
+      [
+        [
+          fn(q, k, v, key, num_features=m, projection=projection, kernel=kernel)
+          for q, k, v in heads
+        ]
+        for key in keys
+      ]
+    )
+    per_sample = [
+      {
+        metric: statistics.fmean(float(h[metric]) for h in row)
+        for metric in METRICS
+      }
+      for row in grid
+    ]
+    record = _record({'source': 'trained'}, kernel, projection, m, per_sample)
+    num_heads = layers[0][0].shape[1]
+    for metric in METRICS:
+      means = [
+        statistics.fmean(float(row[i][metric]) for row in grid)
+        for i in range(len(heads))
+      ]
+      record[f'{metric}_per_head'] = [
+        means[i : i + num_heads] for i in range(0, len(means), num_heads)
+      ]
+    record['seconds'] = time.perf_counter() - start
+    records.append(record)
+    log(_progress(record))
+  return records
+
+
+def _configurations(settings):
+  for kernel in settings['kernels']:
+    for projection in settings['projections']:
+      for m in settings['num_features']:
+        yield kernel, projection, m
+
+
+def _record(fields, kernel, projection, m, per_sample):
+  """One record from a list of per-sample {metric: value}."""
+  record = {**fields, 'kernel': kernel, 'projection': projection}
+  record['num_features'] = m
+  for metric in METRICS:
+    values = [float(errors[metric]) for errors in per_sample]
+    record.update(summarize_samples(metric, values))
+  return record
+
+
+def _progress(record):
+  where = record.get('qk_std', record['source'])
+  return (
+    f'{where} {record["kernel"]} {record["projection"]} '
+    f'M={record["num_features"]}: kernel_mse {record["kernel_mse_mean"]:.3e}, '
+    f'output_mse {record["output_mse_mean"]:.3e} '
+    f'({record["seconds"]:.1f} s)'
+  )
+
+
+def summarize_samples(metric: str, values: list[float]) -> dict[str, Any]:
+  """<metric>_mean, _std (population), _ci95, _median, _nonfinite, _samples.
+
+  _ci95 is the half-width of the 95% confidence interval of the mean
+  (Student's t on the sample standard deviation; None with one sample). A
+  trigonometric estimate can put a row sum at (or near) zero; such a sample
+  is kept and counted (its value recorded as None), but mean and spread use
+  the finite ones.
   """
   finite = [v for v in values if math.isfinite(v)]
   return {
     f'{metric}_mean': statistics.fmean(finite) if finite else None,
     f'{metric}_std': statistics.pstdev(finite) if finite else None,
+    f'{metric}_ci95': _ci95(finite),
     f'{metric}_median': statistics.median(finite) if finite else None,
     f'{metric}_nonfinite': len(values) - len(finite),
     f'{metric}_samples': [v if math.isfinite(v) else None for v in values],
+  }
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (standard
+# tables); from 30 on the normal's 1.96 is within 4%.
+_T975 = {
+  1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
+  8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145,
+  15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+  21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056,
+  27: 2.052, 28: 2.048, 29: 2.045,
+}  # fmt: skip
+
+
+def _ci95(values: list[float]) -> float | None:
+  """Half-width of the t interval of the mean of `values`."""
+  n = len(values)
+  if n < 2:
+    return None
+  return _T975.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n)
+
+
+def paired_ratio(
+  numerator: list[float | None], denominator: list[float | None]
+) -> dict[str, Any] | None:
+  """Geometric mean of per-sample ratios with its 95% interval.
+
+  For errors of two configurations on the same samples (same inputs, same
+  projection seed): the interval is Student's t on the logs of the ratios,
+  so a ratio whose interval excludes 1 is resolved by these samples.
+
+  Returns:
+    {'ratio', 'low', 'high', 'samples'}, or None without two finite pairs.
+  """
+  logs = [
+    math.log(a / b)
+    for a, b in zip(numerator, denominator, strict=True)
+    if a is not None and b is not None and a > 0 and b > 0
+  ]
+  half = _ci95(logs)
+  if half is None:
+    return None
+  mean = statistics.fmean(logs)
+  return {
+    'ratio': math.exp(mean),
+    'low': math.exp(mean - half),
+    'high': math.exp(mean + half),
+    'samples': len(logs),
   }

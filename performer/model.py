@@ -285,8 +285,13 @@ class Block(nnx.Module):
     train: bool,
     rngs: nnx.Rngs | None,
   ) -> jax.Array:
-    q_BLHD, k_BLHD, v_BLHD = self._qkv(x_BLE, positions_L)
+    q_BLHD, k_BLHD, v_BLHD = self.qkv(x_BLE, positions_L)
     a_BLHD = self.attention(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+    # Variants with running statistics of their inputs (causal FAVOR++ and
+    # FAVOR#) learn them from training batches, after the batch's outputs.
+    update_statistics = getattr(self.attention, 'update_statistics', None)
+    if train and update_statistics is not None:
+      update_statistics(q_BLHD, k_BLHD, mask=mask_BL)
     return self._residuals(x_BLE, a_BLHD, train=train, rngs=rngs)
 
   def prefill(
@@ -297,7 +302,7 @@ class Block(nnx.Module):
     cache: dict,
   ) -> tuple[jax.Array, dict]:
     """The block over a prompt, filling its attention's decoding cache."""
-    q_BLHD, k_BLHD, v_BLHD = self._qkv(x_BLE, positions_L)
+    q_BLHD, k_BLHD, v_BLHD = self.qkv(x_BLE, positions_L)
     a_BLHD, cache = self.attention.prefill(
       q_BLHD, k_BLHD, v_BLHD, cache, mask=mask_BL
     )
@@ -307,12 +312,12 @@ class Block(nnx.Module):
     self, x_B1E: jax.Array, positions_1: jax.Array, cache: dict
   ) -> tuple[jax.Array, dict]:
     """The block at one new position, from and into its attention cache."""
-    q_B1HD, k_B1HD, v_B1HD = self._qkv(x_B1E, positions_1)
+    q_B1HD, k_B1HD, v_B1HD = self.qkv(x_B1E, positions_1)
     a_B1HD, cache = self.attention.decode(q_B1HD, k_B1HD, v_B1HD, cache)
     return self._residuals(x_B1E, a_B1HD, train=False, rngs=None), cache
 
-  def _qkv(self, x_BLE, positions_L):
-    """The attention inputs; an unused one repeats a used one (ignored)."""
+  def qkv(self, x_BLE, positions_L):
+    """The attention's q, k, v [B, L, H, D]; an unused one repeats another."""
     h_BLE = self.attn_norm(x_BLE)
     projected = {
       name: proj(h_BLE)
@@ -428,6 +433,15 @@ class Encoder(nnx.Module):
       float32 features [B, T, E]; T = L + 1 when the encoder has a CLS token
       (at index 0), else L.
     """
+    x_BLE, mask_BL, positions_L = self._block_inputs(
+      tokens_BL, mask_BL, train=train, rngs=rngs
+    )
+    for block in self.blocks:
+      x_BLE = block(x_BLE, mask_BL, positions_L, train=train, rngs=rngs)
+    return self.final_norm(x_BLE)
+
+  def _block_inputs(self, tokens_BL, mask_BL, *, train, rngs):
+    """The first block's input, the mask and the positions (CLS included)."""
     b, l = tokens_BL.shape
     self._check_length(l, 'sequence length')
     x_BLE = self._embed(tokens_BL, jnp.arange(l))
@@ -441,10 +455,29 @@ class Encoder(nnx.Module):
       x_BLE = jnp.concatenate([cls_B1E, x_BLE], axis=1)
       if mask_BL is not None:
         mask_BL = jnp.concatenate([jnp.ones((b, 1), bool), mask_BL], axis=1)
-    positions_L = jnp.arange(x_BLE.shape[1])
+    return x_BLE, mask_BL, jnp.arange(x_BLE.shape[1])
+
+  def attention_inputs(
+    self, tokens_BL: jax.Array, mask_BL: jax.Array | None = None
+  ) -> tuple[list[tuple[jax.Array, jax.Array, jax.Array]], jax.Array | None]:
+    """What each block's attention sees, for analysis (no dropout).
+
+    Args:
+      tokens_BL: int token ids.
+      mask_BL: optional bool key-padding mask, True for real tokens.
+
+    Returns:
+      ([(q, k, v) per block, each [B, T, H, D]], the mask [B, T] or None);
+      T = L + 1 with a CLS token (at index 0), else L.
+    """
+    x_BLE, mask_BL, positions_L = self._block_inputs(
+      tokens_BL, mask_BL, train=False, rngs=None
+    )
+    inputs = []
     for block in self.blocks:
-      x_BLE = block(x_BLE, mask_BL, positions_L, train=train, rngs=rngs)
-    return self.final_norm(x_BLE)
+      inputs.append(block.qkv(x_BLE, positions_L))
+      x_BLE = block(x_BLE, mask_BL, positions_L, train=False, rngs=None)
+    return inputs, mask_BL
 
   @property
   def max_decode_len(self) -> int | None:

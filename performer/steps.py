@@ -103,32 +103,44 @@ def train_step_body(
   task = options.task
 
   def loss_fn(params, batch, key):
-    model = nnx.merge(model_def, params, rest)
+    # copy=True: fresh Variables at this trace level, which the forward pass
+    # may update (running statistics); `rest`'s own belong to the outer one.
+    model = nnx.merge(model_def, params, rest, copy=True)
     logits_XV = tasks.forward(
       model, task, batch, train=True, rngs=nnx.Rngs(dropout=key)
     )
     sums = task.loss_sums(logits_XV, batch)
-    return sums['loss_sum'] / weight, sums['correct_sum'] / weight
+    # The running statistics this forward pass updated (causal FAVOR++ and
+    # FAVOR#; batch normalization's kind), to carry out of the traced model.
+    stats = nnx.state(model, nnx.BatchStat)
+    return sums['loss_sum'] / weight, (sums['correct_sum'] / weight, stats)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   accum = options.grad_accum_steps
   if accum == 1:
-    (loss, accuracy), grads = grad_fn(params, batch, key)
+    (loss, (accuracy, stats)), grads = grad_fn(params, batch, key)
   else:
 
     def micro_step(totals, inputs):
       index, micro_batch = inputs
-      (loss, accuracy), grads = grad_fn(
+      (loss, (accuracy, stats)), grads = grad_fn(
         params, micro_batch, jax.random.fold_in(key, index)
       )
-      return jax.tree.map(jnp.add, totals, (loss, accuracy, grads)), None
+      return jax.tree.map(jnp.add, totals, (loss, accuracy, grads, stats)), None
 
-    zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, params))
+    zeros = jax.tree.map(
+      jnp.zeros_like, (0.0, 0.0, params, nnx.state(model, nnx.BatchStat))
+    )
     micro_batches = {k: micro_batches_of(v, accum) for k, v in batch.items()}
-    (loss, accuracy, grads), _ = jax.lax.scan(
+    (loss, accuracy, grads, stats), _ = jax.lax.scan(
       micro_step, zeros, (jnp.arange(accum), micro_batches)
     )
-  loss, accuracy, grads = across.total((loss, accuracy, grads))
+  loss, accuracy, grads, stats = across.total((loss, accuracy, grads, stats))
+  # Every micro-batch and device updated the same statistics from its own
+  # rows: their mean is the update from the mean of their moments (the
+  # running moments are linear in the batch's).
+  parts = across.total(jnp.float32(accum))
+  nnx.update(model, jax.tree.map(lambda x: x / parts, stats))
   optimizer.update(model, grads)
   step_metrics = {
     'loss': loss,

@@ -13,8 +13,10 @@ mean squared errors (`performer.approximation.error_sweep`):
     --small_quantile), where positive features should beat trigonometric
     ones most clearly.
 
-Kernels: 'softmax' (positive features, FAVOR+) and 'softmax_trig' (sin/cos
-features) are compared with exact softmax attention, exp(q . k / sqrt(D));
+Kernels: 'softmax' (positive features, FAVOR+), 'softmax_trig' (sin/cos
+features), 'favorpp' (FAVOR++) and 'favorsharp' (FAVOR#; both with A and
+Psi from the moments of each sample's q and k) are compared with exact
+softmax attention, exp(q . k / sqrt(D));
 'relu' (the generalized ReLU kernel, the paper's "Performer") with its own
 exact kernel, the expectation over Gaussian rows (the arc-cosine kernel; see
 `performer.approximation.exact_relu_kernel`).
@@ -30,11 +32,18 @@ paper's claim about small kernel values is about. A smaller --qk_std
 flattens attention (all kernel values near 1), a regime where trigonometric
 features are competitive; the result depends on this choice.
 
-Outputs: a JSON object (--json) with the settings and one record per
-(kernel, projection, M) holding every sample's errors and their mean,
-standard deviation and median; a PNG (--png) of the mean error versus M
-with one-standard-deviation error bars (across samples), log-log; and a
-summary table on stdout.
+--qk_std takes several values: one sweep per scale. --trained_workdir adds
+the same errors on a trained run's own queries, keys and values (validation
+example --trained_index, every layer and head, causal where the model is;
+each sample draws new projections and averages over the heads).
+
+Outputs: a JSON object (--json) with the settings, one record per (inputs,
+kernel, projection, M) holding every sample's errors and their mean,
+standard deviation, 95% confidence interval of the mean and median, and the
+paired comparisons (FAVOR++ / FAVOR+, FAVOR# / FAVOR+, FAVOR# / FAVOR++,
+orthogonal / iid: geometric mean of the per-sample ratios with its 95%
+interval); a PNG (--png) of the mean error versus M with the intervals, a
+row per set of inputs, log-log; and both tables on stdout.
 
 Paper setup (13 minutes on 2 CPU cores shared with other jobs):
 
@@ -79,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument(
     '--qk_std',
-    type=float,
-    default=1.0,
-    help='standard deviation of the query and key entries.',
+    default='1',
+    help='comma-separated standard deviations of the query and key entries '
+    '(one sweep each).',
   )
   p.add_argument(
     '--eps',
@@ -94,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     type=float,
     default=0.1,
     help='fraction of smallest exact kernel values for small_kernel_mse.',
+  )
+  p.add_argument(
+    '--trained_workdir',
+    default=None,
+    help='also measure on the queries, keys and values of this run (every '
+    "layer and head; a training run's workdir).",
+  )
+  p.add_argument(
+    '--trained_index',
+    type=int,
+    default=0,
+    help='which validation example of that run to feed it.',
   )
   p.add_argument('--seed', type=int, default=0)
   flags.add_output_flags(p, ('json', 'png'))

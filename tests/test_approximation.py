@@ -187,7 +187,9 @@ def test_script_writes_json_and_png(tmp_path, capsys):
     ('--projections=hadamard', "unknown projection 'hadamard'; valid"),
     ('--num_features=16,0', "--num_features: '0' is not a positive"),
     ('--length=-4', '--length: -4 is not a positive'),
-    ('--qk_std=0', '--qk_std must be a positive number, got 0'),
+    ('--qk_std=0.5,0', "--qk_std must be positive numbers, got '0'"),
+    ('--qk_std=big', "--qk_std must be positive numbers, got 'big'"),
+    ('--trained_index=-1', '--trained_index must be >= 0, got -1'),
     ('--small_quantile=2', '--small_quantile must be in'),
   ],
 )

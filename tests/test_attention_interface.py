@@ -23,6 +23,10 @@ CASES = [
   ('favor', {'num_features': 16, 'chunk_size': 8}),
   ('favor', {'num_features': 16, 'chunk_size': 8, 'kernel': 'relu'}),
   ('favor', {'num_features': 16, 'chunk_size': 8, 'kernel': 'softmax_trig'}),
+  # FAVOR++ / FAVOR#: causal modules start from empty running statistics
+  # (A = 0); tests/test_favorpp.py checks them with learned ones.
+  ('favorpp', {'num_features': 16, 'chunk_size': 8, 'num_heads': 2}),
+  ('favorsharp', {'num_features': 16, 'chunk_size': 8, 'num_heads': 2}),
   ('favor_scan', {'num_features': 16}),
   ('local', {'pattern': 'block', 'window': 8}),
   ('local', {'pattern': 'sliding', 'window': 8}),

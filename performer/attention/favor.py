@@ -21,6 +21,16 @@ uses one maximum over the real keys. A query's own scale cancels between
 numerator and denominator and is dropped. Padded keys get base 0 and
 s = -inf: they enter neither sums nor maxima.
 
+FAVOR++ and FAVOR# (kernel='favorpp' / 'favorsharp') take the parameters
+of their features from moments of q and k: of the input itself when
+bidirectional, running ones learned in training when causal (see
+`FavorAttention.__init__`).
+
+Derivatives at large input norms. The stabilizer keeps every feature and
+sum finite, but den can still come close to float32's smallest normal
+number, and reverse mode would then overflow in cotangent / den: the
+derivative uses a floored den there (`_tangent_den`), exact elsewhere.
+
 Decoding (see `decoding`): causal FAVOR+ is a recurrent network. The cache
 is the carried state of the chunk-wise pass, {'state': [B, H, M, D],
 'norm': [B, H, M], 'max': [B, H] (the stabilizer's running maximum),
@@ -35,6 +45,7 @@ projection='none'), C chunk size, N chunks.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,21 +68,69 @@ class FeatureSeed(nnx.Variable):
   """Raw key data of the per-module seed the projection is drawn from."""
 
 
+class FeatureStatistics(nnx.BatchStat):
+  """Running moments of the queries and keys (causal FAVOR++ / FAVOR#).
+
+  An `nnx.BatchStat`, like batch normalization's: not trained, updated by
+  `update_statistics` in training steps, part of every checkpoint.
+  """
+
+
+class Features(NamedTuple):
+  """What the feature maps of one call need.
+
+  w: the projection [M, D] (None: deterministic generalized features).
+  a: FAVOR++ / FAVOR#'s A, [B, H] (None for the other kernels).
+  psi: FAVOR#'s per-dimension Psi, [B, H, D] (None otherwise).
+  """
+
+  w: jax.Array | None
+  a: jax.Array | None = None
+  psi: jax.Array | None = None
+
+  def at(self, axis: int | None) -> 'Features':
+    """A and Psi with a positions axis inserted at `axis` (None: none)."""
+    if axis is None or self.a is None:
+      return self
+    psi = None if self.psi is None else jnp.expand_dims(self.psi, axis)
+    return Features(self.w, jnp.expand_dims(self.a, axis), psi)
+
+
 @jax.custom_jvp
 def _normalize(num_XD: jax.Array, den_X: jax.Array) -> jax.Array:
   """num / den; zeros where den == 0 (a query that sees no real key)."""
   return num_XD / jnp.where(den_X == 0, 1.0, den_X)[..., None]
 
 
+def _tangent_den(den_X: jax.Array) -> jax.Array:
+  """den for the derivative: 1 where den == 0, else |den| >= a floor.
+
+  The features are relative to the stabilizer's maxima, not to each query's
+  own largest term, so at large input norms den can come within a few
+  orders of float32's smallest normal number (measured: 4e-38 for q, k
+  entries of std 10, D = 64, L = 256). The value num / den is still right
+  there, but reverse mode forms cotangent / den before multiplying it by
+  the equally tiny terms of num and den, and that overflows to inf (then
+  NaN). The floor, 2^26 above the smallest normal number of the dtype,
+  leaves that much room below the largest one. Where den is above it (every
+  query at ordinary norms) the derivative is exact; below it, it is the
+  exact derivative times den / floor, shrunk but finite.
+  """
+  floor = jnp.finfo(den_X.dtype).tiny * 2.0**26
+  floored_X = jnp.where(den_X < 0, -floor, floor)
+  floored_X = jnp.where(jnp.abs(den_X) < floor, floored_X, den_X)
+  return jnp.where(den_X == 0, 1.0, floored_X)
+
+
 @_normalize.defjvp
 def _normalize_jvp(primals, tangents):
   # For large inputs den can be ~1e-36: the default derivative -num / den^2
   # would underflow den^2 to 0 and give inf (then NaN). -out / den is the
-  # same value and stays finite.
+  # same value and stays finite; see `_tangent_den` for tiny den.
   num_XD, den_X = primals
   dnum_XD, dden_X = tangents
-  safe_X1 = jnp.where(den_X == 0, 1.0, den_X)[..., None]
-  out_XD = num_XD / safe_X1
+  out_XD = _normalize(num_XD, den_X)
+  safe_X1 = _tangent_den(den_X)[..., None]
   return out_XD, (dnum_XD - out_XD * dden_X[..., None]) / safe_X1
 
 
@@ -168,6 +227,8 @@ class FavorAttention(nnx.Module):
     kernel_eps: float = 1e-3,
     redraw_interval: int = 0,
     chunk_size: int = 64,
+    num_heads: int | None = None,
+    stats_momentum: float = 0.99,
   ):
     """Builds the module.
 
@@ -180,8 +241,11 @@ class FavorAttention(nnx.Module):
         kernel has 2M features: a sin and a cos per row). Ignored for
         projection='none', which has D features.
       kernel: 'softmax' (positive features, FAVOR+), 'softmax_trig'
-        (trigonometric features) or a generalized kernel, one of
-        `features.GENERALIZED_KERNELS` ('relu', 'elu', 'exp', ...).
+        (trigonometric features), 'favorpp' (FAVOR++: optimal positive
+        features), 'favorsharp' (FAVOR#: FAVOR++ after a per-dimension
+        rescaling of q and k; see `features` and below) or a generalized
+        kernel, one of `features.GENERALIZED_KERNELS` ('relu', 'elu', 'exp',
+        ...).
       projection: 'orthogonal' (block-orthogonal rows), 'iid' (Gaussian) or
         'none' (deterministic features f(x) + eps; generalized kernels only).
       row_norm: row norms of orthogonal projections: 'chi' (norms of
@@ -196,6 +260,28 @@ class FavorAttention(nnx.Module):
         Per position the causal cost is about 2 D M (features) + C M (the
         C x C block) + 2 M D (state); 64 was the fastest of 32 to 256 on CPU
         for D=64, M=256, forward plus backward.
+      num_heads: H; only causal 'favorpp' and 'favorsharp' need it (their
+        running statistics are per head). The transformer fills it in.
+      stats_momentum: causal 'favorpp' / 'favorsharp': the running
+        statistics' decay per training step, in [0, 1).
+
+    FAVOR++ and FAVOR# ('favorpp', 'favorsharp'): A (and FAVOR#'s Psi) come
+    from the first and second moments of q' and k' (`features.PairStatistics`)
+    and are held constant in the derivative (stop_gradient): the estimate is
+    unbiased for any fixed A and Psi, so the gradient is that of an
+    unbiased estimator too. Bidirectional attention takes them from its own
+    input, per (batch, head), over the real keys and, when q and k have the
+    same length (self-attention), the real queries; padding never enters.
+    Causal attention cannot: moments over the whole sequence would let later
+    tokens change earlier outputs, and moments of each prefix would give
+    each query its own A, which its keys' features (summed once into the
+    state) cannot share. So causal attention uses running moments kept per
+    head in `FeatureStatistics`, like batch normalization: every output of
+    a batch depends on the statistics of earlier batches only, so the
+    module is exactly causal, and decoding equals the parallel pass. The
+    transformer's blocks call `update_statistics` after the attention in
+    training; evaluation and decoding leave them as they are. Before the
+    first update A = 0 and Psi = 1: FAVOR+.
     """
     self.head_dim = head_dim
     self.causal = causal
@@ -223,6 +309,28 @@ class FavorAttention(nnx.Module):
     ):
       raise ValueError(f'kernel_eps must be a float >= 0, got {kernel_eps!r}')
     self.kernel_eps = float(kernel_eps)
+    self.num_heads = None
+    if kernel in features.DATA_KERNELS and causal:
+      if num_heads is None:
+        raise ValueError(
+          f'causal kernel {kernel!r} needs num_heads (a positive int, for its '
+          'running statistics per head), got None'
+        )
+      self.num_heads = common.check_positive_int('num_heads', num_heads)
+      # One array each: variables sharing a buffer cannot all be donated.
+      for name in features.PairStatistics._fields:
+        zeros_HD = jnp.zeros((num_heads, head_dim), jnp.float32)
+        setattr(self, f'running_{name}', FeatureStatistics(zeros_HD))
+      self.running_count = FeatureStatistics(jnp.zeros((), jnp.float32))
+    if (
+      isinstance(stats_momentum, bool)
+      or not isinstance(stats_momentum, int | float)
+      or not 0 <= stats_momentum < 1
+    ):
+      raise ValueError(
+        f'stats_momentum must be a float in [0, 1), got {stats_momentum!r}'
+      )
+    self.stats_momentum = float(stats_momentum)
 
     self.seed = FeatureSeed(jax.random.key_data(rngs.params()))
     self.projection = (
@@ -287,13 +395,97 @@ class FavorAttention(nnx.Module):
     )
     b, s = k_BSHD.shape[:2]
     mask_BS = common.key_mask_or_ones(mask, b, s)
-    w_MD = self._projection(compute)
+    feats = self._features(compute, b, q_BLHD, k_BSHD, mask_BS)
     carry = None
     if self.causal:
-      out_BLHD, carry = self._causal(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
+      out_BLHD, carry = self._causal(q_BLHD, k_BSHD, v_BSHD, mask_BS, feats)
     else:
-      out_BLHD = self._bidirectional(q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD)
+      out_BLHD = self._bidirectional(q_BLHD, k_BSHD, v_BSHD, mask_BS, feats)
     return out_BLHD.astype(dtype), carry
+
+  def _features(self, dtype, batch, q_BLHD=None, k_BSHD=None, mask_BS=None):
+    """The projection and, for FAVOR++ / FAVOR#, A and Psi, in `dtype`.
+
+    Bidirectional: from the moments of this q and k; causal: from the
+    running moments (q and k are then not needed).
+    """
+    w_MD = self._projection(dtype)
+    if self.kernel not in features.DATA_KERNELS:
+      return Features(w_MD)
+    if self.causal:
+      stats = self.running_statistics()
+      # [H, ...] -> [B, H, ...]: one set of statistics for every sequence.
+      stats = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (batch,) + x.shape).astype(dtype), stats
+      )
+    else:
+      # Self-attention (q and k of one length): padded queries stay out too.
+      same = q_BLHD.shape[1] == k_BSHD.shape[1]
+      qmask_BL = mask_BS if same else jnp.ones(q_BLHD.shape[:2], bool)
+      stats = self._batch_moments(q_BLHD, k_BSHD, qmask_BL, mask_BS, axes=1)
+    a_BH, psi_BHD = features.data_parameters(
+      self.kernel, jax.lax.stop_gradient(stats)
+    )
+    return Features(w_MD, a_BH, psi_BHD)
+
+  @staticmethod
+  def _batch_moments(q_BLHD, k_BSHD, qmask_BL, kmask_BS, axes):
+    """`features.PairStatistics` of q and k over `axes` (positions, batch)."""
+    mean_q, sq_q = features.moments(
+      q_BLHD, qmask_BL[:, :, None, None].astype(q_BLHD.dtype), axes
+    )
+    mean_k, sq_k = features.moments(
+      k_BSHD, kmask_BS[:, :, None, None].astype(k_BSHD.dtype), axes
+    )
+    return features.PairStatistics(mean_q, sq_q, mean_k, sq_k)
+
+  def running_statistics(self) -> features.PairStatistics:
+    """The running moments per head, [H, D] each, bias-corrected.
+
+    Kept as exponential moving averages started at zero, so each is divided
+    by 1 - momentum^updates (as Adam does with its moments); all zeros
+    before the first update.
+    """
+    count = self.running_count[...]
+    correction = 1.0 - self.stats_momentum**count
+    correction = jnp.where(count > 0, correction, 1.0)
+    return features.PairStatistics(
+      *(
+        getattr(self, f'running_{name}')[...] / correction
+        for name in features.PairStatistics._fields
+      )
+    )
+
+  def update_statistics(
+    self,
+    q_BLHD: jax.Array,
+    k_BLHD: jax.Array,
+    mask: jax.Array | None = None,
+  ) -> None:
+    """Folds this batch's moments into the running ones (training only).
+
+    Does nothing unless the module is causal with 'favorpp' or 'favorsharp'.
+    Called after the attention, so a batch's outputs use the statistics of
+    the batches before it. Jittable; no gradient flows into the statistics.
+
+    Args:
+      q_BLHD: the queries the attention was called with.
+      k_BLHD: its keys.
+      mask: its key-padding mask [B, L] (True = real), if any.
+    """
+    if self.num_heads is None:
+      return
+    b, length = k_BLHD.shape[:2]
+    mask_BL = common.key_mask_or_ones(mask, b, length)
+    q_BLHD, k_BLHD = (
+      jax.lax.stop_gradient(x.astype(jnp.float32)) for x in (q_BLHD, k_BLHD)
+    )
+    batch = self._batch_moments(q_BLHD, k_BLHD, mask_BL, mask_BL, axes=(0, 1))
+    m = self.stats_momentum
+    for name, value_HD in zip(batch._fields, batch, strict=True):
+      running = getattr(self, f'running_{name}')
+      running[...] = m * running[...] + (1 - m) * value_HD
+    self.running_count[...] = self.running_count[...] + 1.0
 
   def _projection(self, dtype):
     """The projection [M, D] in `dtype`; None for deterministic features."""
@@ -359,34 +551,45 @@ class FavorAttention(nnx.Module):
     q_BHD, k_BHD, v_BHD = (
       x[:, 0].astype(compute) for x in (q_B1HD, k_B1HD, v_B1HD)
     )
-    w_MD = self._projection(compute)
-    phiq_BHM = self._query_features(q_BHD, w_MD)
+    feats = self._features(compute, q_BHD.shape[0])
+    phiq_BHM = self._query_features(q_BHD, feats)
     kbase_BHM, ks_BH = self._key_features(
-      k_BHD, jnp.ones(k_BHD.shape[:2], bool), w_MD
+      k_BHD, jnp.ones(k_BHD.shape[:2], bool), feats
     )
     carry = (cache['state'], cache['norm'], cache['max'])
     carry, out_BHD = _token_step(carry, phiq_BHM, kbase_BHM, ks_BH, v_BHD)
     out_B1HD = out_BHD[:, None].astype(dtype)
     return out_B1HD, self._to_cache(carry, cache['index'] + 1)
 
-  def _query_features(self, q_XD, w_MD):
+  def _query_features(self, q_XD, feats: Features):
+    """Query feature bases; `feats` A and Psi broadcast against q."""
     # The query's log scale is a per-query factor that cancels.
     base_XM, _ = features.feature_parts(
-      q_XD, w_MD, self.kernel, self.kernel_eps
+      q_XD,
+      feats.w,
+      self.kernel,
+      self.kernel_eps,
+      a_X=feats.a,
+      rescale_XD=feats.psi,
     )
     return base_XM
 
-  def _key_features(self, k_XD, mask_X, w_MD):
+  def _key_features(self, k_XD, mask_X, feats: Features):
     """Key features as (base, log scale), padded keys removed."""
     base_XM, logscale_X = features.feature_parts(
-      k_XD, w_MD, self.kernel, self.kernel_eps
+      k_XD,
+      feats.w,
+      self.kernel,
+      self.kernel_eps,
+      a_X=feats.a,
+      rescale_XD=None if feats.psi is None else 1.0 / feats.psi,
     )
     # where, not multiply: a padded key's features may be inf or NaN.
     base_XM = jnp.where(mask_X[..., None], base_XM, 0.0)
     logscale_X = jnp.where(mask_X, logscale_X, -jnp.inf)
     return base_XM, logscale_X
 
-  def _bidirectional(self, q_BLHD, k_BSHD, v_BSHD, mask_BS, w_MD):
+  def _bidirectional(self, q_BLHD, k_BSHD, v_BSHD, mask_BS, feats):
     # Two passes over chunks: fold all keys into one [M, D] state, then read
     # it out per query chunk. Rematerializing each chunk in the backward pass
     # keeps memory at O(L D) plus one state per key chunk, where the
@@ -399,19 +602,21 @@ class FavorAttention(nnx.Module):
 
     def fold_step(carry, xs):
       k_BHCD, v_BHCD, mask_BC = xs
-      kbase_BHCM, ks_BHC = self._key_features(k_BHCD, mask_BC[:, None], w_MD)
+      kbase_BHCM, ks_BHC = self._key_features(
+        k_BHCD, mask_BC[:, None], feats.at(2)
+      )
       rend_BH = jax.lax.stop_gradient(
         jnp.maximum(carry[2], jnp.max(ks_BHC, axis=-1))
       )
       return _fold(carry, kbase_BHCM, ks_BHC, v_BHCD, rend_BH), None
 
-    init = self._empty_state_like(k_BSHD, w_MD)
+    init = self._empty_state_like(k_BSHD, feats.w)
     (state_BHMD, norm_BHM, _), _ = jax.lax.scan(
       jax.checkpoint(fold_step), init, kv_xs
     )
 
     def read(q_BHCD):
-      phiq_BHCM = self._query_features(q_BHCD, w_MD)
+      phiq_BHCM = self._query_features(q_BHCD, feats.at(2))
       num_BHCD = jnp.einsum('bhcm,bhmd->bhcd', phiq_BHCM, state_BHMD)
       den_BHC = jnp.einsum('bhcm,bhm->bhc', phiq_BHCM, norm_BHM)
       return _normalize(num_BHCD, den_BHC)
@@ -434,7 +639,7 @@ class FavorAttention(nnx.Module):
     b, _, h, _ = x_BLHD.shape
     return self._empty_state(b, h, x_BLHD.dtype, w_MD is not None)
 
-  def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, w_MD):
+  def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, feats):
     # Padding sits after every real position and is masked, so it changes
     # no real output.
     xs = (
@@ -446,18 +651,20 @@ class FavorAttention(nnx.Module):
     # Rematerializing the chunk in the backward pass keeps only the carried
     # state per chunk alive instead of every chunk's features and C x C
     # weights: O(L (M + D) + L M D / C) memory instead of several L x M.
-    step = jax.checkpoint(functools.partial(self._chunk_step, w_MD=w_MD))
-    init = self._empty_state_like(q_BLHD, w_MD)
+    step = jax.checkpoint(
+      functools.partial(self._chunk_step, feats=feats.at(2))
+    )
+    init = self._empty_state_like(q_BLHD, feats.w)
     carry, out_NBHCD = jax.lax.scan(step, init, xs)
     return _from_chunks(out_NBHCD, q_BLHD.shape[1]), carry
 
-  def _chunk_step(self, carry, xs, *, w_MD):
+  def _chunk_step(self, carry, xs, *, feats):
     """One chunk: intra-chunk C x C part plus the carried prefix state."""
     state_BHMD, norm_BHM, rprev_BH = carry
     q_BHCD, k_BHCD, v_BHCD, mask_BC = xs
     c = q_BHCD.shape[2]
-    phiq_BHCM = self._query_features(q_BHCD, w_MD)
-    kbase_BHCM, ks_BHC = self._key_features(k_BHCD, mask_BC[:, None], w_MD)
+    phiq_BHCM = self._query_features(q_BHCD, feats)
+    kbase_BHCM, ks_BHC = self._key_features(k_BHCD, mask_BC[:, None], feats)
 
     # Running maximum of the key log scales up to and including each query.
     r_BHC = jax.lax.stop_gradient(
@@ -501,9 +708,11 @@ class FavorScanAttention(FavorAttention):
   chunk_size is unused.
   """
 
-  def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, w_MD):
-    phiq_BLHM = self._query_features(q_BLHD, w_MD)
-    kbase_BLHM, ks_BLH = self._key_features(k_BLHD, mask_BL[..., None], w_MD)
+  def _causal(self, q_BLHD, k_BLHD, v_BLHD, mask_BL, feats):
+    phiq_BLHM = self._query_features(q_BLHD, feats.at(1))
+    kbase_BLHM, ks_BLH = self._key_features(
+      k_BLHD, mask_BL[..., None], feats.at(1)
+    )
 
     def step(carry, xs):
       return _token_step(carry, *xs)
@@ -511,6 +720,66 @@ class FavorScanAttention(FavorAttention):
     xs = tuple(
       jnp.moveaxis(x, 1, 0) for x in (phiq_BLHM, kbase_BLHM, ks_BLH, v_BLHD)
     )
-    init = self._empty_state_like(q_BLHD, w_MD)
+    init = self._empty_state_like(q_BLHD, feats.w)
     carry, out_LBHD = jax.lax.scan(step, init, xs)
     return jnp.moveaxis(out_LBHD, 0, 1), carry
+
+
+@registry.register('favorpp')
+class FavorPlusPlusAttention(FavorAttention):
+  """FAVOR++: FAVOR+ with optimal positive random features (kernel='favorpp').
+
+  A preset of `FavorAttention` (same code, options, stabilizer, decoding),
+  registered under its own name so that configs, compare.py and the
+  benchmarks can put it beside 'favor'. See `features` for the features
+  and `FavorAttention.__init__` for where A comes from.
+
+  Example:
+    attn = attention.create('favorpp', head_dim=64, causal=True,
+                            rngs=nnx.Rngs(0), num_heads=8)
+    out_BLHD = attn(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+  """
+
+  KERNEL = 'favorpp'
+
+  def __init__(
+    self,
+    *,
+    head_dim: int,
+    causal: bool,
+    rngs: nnx.Rngs,
+    num_features: int = 256,
+    projection: str = 'orthogonal',
+    row_norm: str = 'chi',
+    redraw_interval: int = 0,
+    chunk_size: int = 64,
+    num_heads: int | None = None,
+    stats_momentum: float = 0.99,
+  ):
+    """Builds the module; the arguments are `FavorAttention`'s."""
+    super().__init__(
+      head_dim=head_dim,
+      causal=causal,
+      rngs=rngs,
+      num_features=num_features,
+      kernel=self.KERNEL,
+      projection=projection,
+      row_norm=row_norm,
+      redraw_interval=redraw_interval,
+      chunk_size=chunk_size,
+      num_heads=num_heads,
+      stats_momentum=stats_momentum,
+    )
+
+
+@registry.register('favorsharp')
+class FavorSharpAttention(FavorPlusPlusAttention):
+  """FAVOR#: FAVOR++ on per-dimension rescaled q and k (kernel='favorsharp').
+
+  Example:
+    attn = attention.create('favorsharp', head_dim=64, causal=False,
+                            rngs=nnx.Rngs(0))
+    out_BLHD = attn(q_BLHD, k_BLHD, v_BLHD, mask=mask_BL)
+  """
+
+  KERNEL = 'favorsharp'

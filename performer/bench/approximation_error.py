@@ -1,10 +1,12 @@
 """Approximation error of random-feature attention (the paper's Fig. 4).
 
 `validate` checks the flags of scripts/approximation_error.py (whose
-docstring, its --help, says what is computed), `run` sweeps the kernels,
-projections and feature counts with `performer.approximation.error_sweep`,
-writes the JSON and the PNG and prints the table; `table` and `plot` draw
-them from the records.
+docstring, its --help, says what is computed), `run` sweeps the q, k scales,
+kernels, projections and feature counts with
+`performer.approximation.error_sweep` (and, given a trained run, its own
+queries and keys with `trained_error_sweep`), writes the JSON and the PNG
+and prints the tables; `table`, `comparisons` and `plot` draw them from the
+records.
 """
 
 import argparse
@@ -13,12 +15,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from performer import approximation, workdir
+from performer import approximation, probe, workdir
 from performer.attention import features
 from performer.bench import flags, plots, report, timing
 
 # The metrics drawn in the PNG, one column each.
-PLOTTED = ('attention_mse', 'output_mse', 'small_kernel_mse')
+PLOTTED = ('kernel_mse', 'attention_mse', 'output_mse', 'small_kernel_mse')
+# Paired comparisons reported: (numerator, denominator) kernels at the same
+# projection, and orthogonal over iid at the same kernel.
+KERNEL_PAIRS = (
+  ('favorpp', 'softmax'),
+  ('favorsharp', 'softmax'),
+  ('favorsharp', 'favorpp'),
+)
+COMPARED = ('kernel_mse', 'attention_mse', 'output_mse')
 
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,8 +55,17 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     '--projections',
     'projection',
   )
-  if not (math.isfinite(args.qk_std) and args.qk_std > 0):
-    raise ValueError(f'--qk_std must be a positive number, got {args.qk_std}')
+  qk_stds = []
+  for text in flags.split_list(args.qk_std, '--qk_std'):
+    try:
+      value = float(text)
+    except ValueError:
+      value = math.nan
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f'--qk_std must be positive numbers, got {text!r}')
+    qk_stds.append(value)
+  if args.trained_index < 0:
+    raise ValueError(f'--trained_index must be >= 0, got {args.trained_index}')
   if not (math.isfinite(args.eps) and args.eps >= 0):
     raise ValueError(f'--eps must be >= 0, got {args.eps}')
   if not 0 < args.small_quantile <= 1:
@@ -60,7 +79,9 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     'num_features': num_features,
     'kernels': kernels,
     'projections': projections,
-    'qk_std': args.qk_std,
+    'qk_stds': qk_stds,
+    'trained_workdir': args.trained_workdir,
+    'trained_index': args.trained_index,
     'eps': args.eps,
     'small_quantile': args.small_quantile,
     'seed': args.seed,
@@ -68,47 +89,104 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
-  """Mean (and std) of the attention and output MSE as markdown."""
+  """Mean and 95% interval half-width of each error as markdown."""
   columns = [
+    ('source', 'inputs', str),
+    ('qk_std', 'q,k std', _fmt_std),
     ('kernel', 'kernel', str),
     ('projection', 'projection', str),
     ('num_features', 'M', str),
   ]
-  for metric in ('attention_mse', 'output_mse', 'small_kernel_mse'):
-    columns.append((f'{metric}_mean', f'{metric} mean', _fmt))
-    columns.append((f'{metric}_std', 'std', _fmt))
+  for metric in PLOTTED:
+    columns.append((f'{metric}_mean', metric, _fmt))
+    columns.append((f'{metric}_ci95', '+-', _fmt))
   return report.markdown_table(records, columns)
+
+
+def comparisons(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Paired ratios of errors (`approximation.paired_ratio`) per metric.
+
+  Kernel pairs of `KERNEL_PAIRS` at the same inputs, projection and M, and
+  orthogonal over iid at the same inputs, kernel and M; only the pairs
+  whose both sides were run.
+  """
+  index = {
+    (
+      r['source'],
+      r.get('qk_std'),
+      r['kernel'],
+      r['projection'],
+      r['num_features'],
+    ): r
+    for r in records
+  }
+  out = []
+
+  def add(what, a, b):
+    row = {
+      'source': a['source'],
+      'qk_std': a.get('qk_std'),
+      'compared': what,
+      'num_features': a['num_features'],
+    }
+    for metric in COMPARED:
+      row[metric] = approximation.paired_ratio(
+        a[f'{metric}_samples'], b[f'{metric}_samples']
+      )
+    out.append(row)
+
+  for (source, std, kernel, projection, m), a in index.items():
+    for top, bottom in KERNEL_PAIRS:
+      b = index.get((source, std, bottom, projection, m))
+      if kernel == top and b is not None:
+        add(f'{top} / {bottom} ({projection})', a, b)
+    b = index.get((source, std, kernel, 'iid', m))
+    if projection == 'orthogonal' and b is not None:
+      add(f'orthogonal / iid ({kernel})', a, b)
+  return out
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Ratios with their 95% intervals, one column per metric."""
+  columns = [
+    ('source', 'inputs', str),
+    ('qk_std', 'q,k std', _fmt_std),
+    ('compared', 'ratio of errors', str),
+    ('num_features', 'M', str),
+  ] + [(metric, metric, _fmt_ratio) for metric in COMPARED]
+  return report.markdown_table(rows, columns)
 
 
 def plot(
   records: Sequence[dict[str, Any]], settings: dict[str, Any], path: str
 ) -> None:
-  """Mean error versus M with +-1 std error bars; a row per kernel family."""
+  """Mean error versus M with 95% intervals; a row per set of inputs."""
   plt = plots.pyplot()
   rows = [
-    ('vs exact softmax', [k for k in settings['kernels'] if k != 'relu']),
-    (
-      'relu vs exact ReLU kernel',
-      [k for k in settings['kernels'] if k == 'relu'],
-    ),
+    (f'q,k ~ N(0, {std:g}^2)', [r for r in records if r.get('qk_std') == std])
+    for std in settings['qk_stds']
   ]
-  rows = [(title, kernels) for title, kernels in rows if kernels]
+  trained = [r for r in records if r['source'] == 'trained']
+  if trained:
+    rows.append(('trained model q, k', trained))
   fig, axes = plt.subplots(
     len(rows),
     len(PLOTTED),
-    figsize=(4.5 * len(PLOTTED), 3.6 * len(rows)),
+    figsize=(4.5 * len(PLOTTED), 3.4 * len(rows)),
     squeeze=False,
   )
   styles = {'iid': {'ls': '--', 'marker': 's'}, 'orthogonal': {'marker': 'o'}}
-  names = {'softmax': 'positive', 'softmax_trig': 'trig', 'relu': 'relu'}
-  for i, (row_title, kernels) in enumerate(rows):
+  names = {'softmax': 'FAVOR+', 'softmax_trig': 'trig', 'favorpp': 'FAVOR++'}
+  names['favorsharp'] = 'FAVOR#'
+  names['relu'] = 'relu (vs its kernel)'
+  for i, (row_title, row_records) in enumerate(rows):
     for j, metric in enumerate(PLOTTED):
       ax = axes[i][j]
-      for c, kernel in enumerate(kernels):
+      for c, kernel in enumerate(settings['kernels']):
         for projection in settings['projections']:
           rs = [
             r
-            for r in records
+            for r in row_records
             if r['kernel'] == kernel
             and r['projection'] == projection
             and r[f'{metric}_mean'] is not None
@@ -116,7 +194,7 @@ def plot(
           ax.errorbar(
             [r['num_features'] for r in rs],
             [r[f'{metric}_mean'] for r in rs],
-            yerr=[r[f'{metric}_std'] for r in rs],
+            yerr=[r[f'{metric}_ci95'] or 0.0 for r in rs],
             color=plt.get_cmap('tab10')(c),
             capsize=3,
             label=f'{names.get(kernel, kernel)}, {projection}',
@@ -127,11 +205,11 @@ def plot(
       ax.set_xlabel('random features M')
       ax.set_title(f'{row_title}: {metric}', fontsize='medium')
       ax.grid(True, which='both', alpha=0.3)
-      ax.legend(fontsize='small')
+      if i == 0 and j == 0:
+        ax.legend(fontsize='small')
   fig.suptitle(
     f'L={settings["length"]}, D={settings["dim"]}, '
-    f'{settings["samples"]} samples, q,k ~ N(0, {settings["qk_std"]:g}^2); '
-    'mean +- 1 std',
+    f'{settings["samples"]} samples; mean and 95% interval of the mean',
     fontsize='medium',
   )
   plots.save_figure(fig, path)
@@ -143,7 +221,7 @@ def run(
   json_path: str | None = None,
   png_path: str | None = None,
 ) -> dict[str, Any]:
-  """Runs the sweep, writes the outputs, prints the table.
+  """Runs the sweeps, writes the outputs, prints the tables.
 
   Args:
     settings: from `validate`.
@@ -151,23 +229,44 @@ def run(
     png_path: where to write the plot; None for nowhere.
 
   Returns:
-    The JSON object: the settings, the device, the seconds taken and the
-    records.
+    The JSON object: the settings, the device, the seconds taken, the
+    records and the paired comparisons.
   """
   start = time.perf_counter()
   records = approximation.error_sweep(settings, log=report.log)
+  if settings['trained_workdir']:
+    model, config = probe.load_run(settings['trained_workdir'])
+    tokens, mask = probe.example(config, index=settings['trained_index'])
+    layers = probe.attention_inputs(model, tokens, mask)
+    records += approximation.trained_error_sweep(
+      layers, settings, causal=bool(config.model.causal), log=report.log
+    )
+  paired = comparisons(records)
   result = {
     'settings': settings,
     **timing.device_info(),
     'seconds': time.perf_counter() - start,
     'records': records,
+    'comparisons': paired,
   }
   if json_path:
     workdir.write_json(json_path, result)
   if png_path:
     plot(records, settings, png_path)
   print(table(records))
+  if paired:
+    print(comparison_table(paired))
   return result
+
+
+def _fmt_std(x: float | None) -> str:
+  return '-' if x is None else f'{x:g}'
+
+
+def _fmt_ratio(r: dict[str, Any] | None) -> str:
+  if r is None:
+    return '-'
+  return f'{r["ratio"]:.2f} [{r["low"]:.2f}, {r["high"]:.2f}]'
 
 
 def _fmt(x: float | None) -> str:

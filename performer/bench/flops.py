@@ -10,6 +10,9 @@ per random row; head_dim for projection='none'), C chunk_size:
     the output and 4BHLM for the normalizer: 8BHLMD + 4BHLM.
   favor_chunked (causal favor), forward: the same plus the masked C x C
     products inside each chunk, 2BHLCM + 2BHLCD (C capped at L).
+  FAVOR++ and FAVOR# ('favorpp', 'favorsharp') count as FAVOR+: their extra
+    work (A |w|^2 per feature, the moments and FAVOR#'s rescaling) is O(BHL
+    (M + D)), below the counts' resolution.
   softmax_dense, forward: 4BHL^2D (QK^T and PV; XLA computes the masked
     causal product in full too).
   Forward and backward: 3x the forward (the backward pass costs about twice
@@ -17,6 +20,8 @@ per random row; head_dim for projection='none'), C chunk_size:
 """
 
 FWD_BWD_FACTOR = 3
+# The variants counted by the FAVOR+ formulas.
+FAVOR_FAMILY = ('favor', 'favor_scan', 'favorpp', 'favorsharp')
 
 
 def flops_model(name: str, causal: bool, options: dict) -> str | None:
@@ -33,8 +38,8 @@ def flops_model(name: str, causal: bool, options: dict) -> str | None:
   """
   if name == 'softmax':
     return 'softmax_dense'
-  if name in ('favor', 'favor_scan') and options.get('num_features'):
-    if name == 'favor' and causal and options.get('chunk_size'):
+  if name in FAVOR_FAMILY and options.get('num_features'):
+    if name != 'favor_scan' and causal and options.get('chunk_size'):
       return 'favor_chunked'
     return 'favor_bidirectional'
   return None
