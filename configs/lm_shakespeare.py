@@ -37,8 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.num_heads = 4
   config.model.mlp_dim = 512
   config.model.dropout_rate = 0.0  # Far too few steps to overfit.
-  config.model.attention_options.favor.num_features = 64
-  config.model.attention_options.favor.chunk_size = 64
+  # FAVOR+ and its successors with the same features, for comparisons.
+  for name in ('favor', 'favorpp', 'favorsharp'):
+    config.model.attention_options[name].num_features = 64
+    config.model.attention_options[name].chunk_size = 64
 
   config.batch_size = 16
   config.num_train_steps = 1800

@@ -112,6 +112,7 @@ def estimated_kernel(
   w_MD: jax.Array,
   kernel: str,
   eps: float = 1e-3,
+  a_scale: float = 1.0,
 ) -> jax.Array:
   """The random-feature estimate of `exact_kernel`: [L, S].
 
@@ -122,8 +123,11 @@ def estimated_kernel(
     kernel: one of `features.KERNELS`; FAVOR++ and FAVOR# take A (and Psi)
       from the moments of these q and k.
     eps: the generalized features' additive constant.
+    a_scale: FAVOR++ / FAVOR#'s A as a multiple of A*.
   """
-  phi_LF, phi_SF = features.pair_feature_maps(q_LD, k_SD, w_MD, kernel, eps)
+  phi_LF, phi_SF = features.pair_feature_maps(
+    q_LD, k_SD, w_MD, kernel, eps, a_scale=a_scale
+  )
   k_LS = phi_LF @ phi_SF.T
   if kernel in features.SOFTMAX_KERNELS:
     return k_LS
@@ -145,6 +149,7 @@ def approximation_errors(
   eps: float = 1e-3,
   small_quantile: float = 0.1,
   causal: bool = False,
+  a_scale: float = 1.0,
 ) -> dict[str, jax.Array]:
   """Mean squared errors of one random-feature estimate.
 
@@ -160,6 +165,7 @@ def approximation_errors(
     causal: keep only the entries j <= i (L == S), as a causal model
       attends: the kernel errors are over those entries, the attention rows
       normalized over them.
+    a_scale: FAVOR++ / FAVOR#'s A as a multiple of A*.
 
   Returns:
     Scalars: 'kernel_mse' (of the unnormalized kernel matrix),
@@ -171,7 +177,7 @@ def approximation_errors(
     Fig. 4 quantity), each a mean over entries.
   """
   exact_LS = exact_kernel(q_LD, k_SD, kernel, eps)
-  approx_LS = estimated_kernel(q_LD, k_SD, w_MD, kernel, eps)
+  approx_LS = estimated_kernel(q_LD, k_SD, w_MD, kernel, eps, a_scale)
   seen_LS = jnp.ones(exact_LS.shape, bool)
   if causal:
     seen_LS = jnp.tril(seen_LS)
@@ -225,6 +231,7 @@ def sample_errors(
   qk_std: float,
   eps: float = 1e-3,
   small_quantile: float = 0.1,
+  a_scale: float = 1.0,
 ) -> dict[str, jax.Array]:
   """`approximation_errors` for one draw of inputs and one of the projection.
 
@@ -241,12 +248,13 @@ def sample_errors(
     qk_std: standard deviation of the query and key entries.
     eps: the generalized features' additive constant.
     small_quantile: see `approximation_errors`.
+    a_scale: see `approximation_errors`.
   """
   input_key, proj_key = jax.random.split(key)
   q_LD, k_LD, v_LD = draw_inputs(input_key, length, dim, qk_std)
   w_MD = features.draw_projection(proj_key, num_features, dim, projection)
   return approximation_errors(
-    q_LD, k_LD, v_LD, w_MD, kernel, eps, small_quantile
+    q_LD, k_LD, v_LD, w_MD, kernel, eps, small_quantile, a_scale=a_scale
   )
 
 
@@ -260,15 +268,16 @@ def error_sweep(
   inputs of another scale are the same draws rescaled).
 
   Args:
-    settings: 'qk_stds', 'kernels', 'projections', 'num_features' (lists),
-      'samples', 'seed', and the keyword arguments of `sample_errors`
-      ('length', 'dim', 'eps', 'small_quantile').
+    settings: 'qk_stds', 'kernels', 'a_scales' (FAVOR++ / FAVOR#'s A as
+      multiples of A*; each data kernel is run at each), 'projections',
+      'num_features' (lists), 'samples', 'seed', and the keyword arguments
+      of `sample_errors` ('length', 'dim', 'eps', 'small_quantile').
     log: receives one progress line per configuration.
 
   Returns:
-    Records with 'source' ('random'), 'qk_std', 'kernel', 'projection',
-    'num_features', 'seconds' and, for each metric of `METRICS`, the fields
-    of `summarize_samples`.
+    Records with 'source' ('random'), 'qk_std', 'kernel', 'a_scale',
+    'label' (`label`), 'projection', 'num_features', 'seconds' and, for
+    each metric of `METRICS`, the fields of `summarize_samples`.
   """
   fn = jax.jit(
     sample_errors,
@@ -279,7 +288,7 @@ def error_sweep(
   shared = {k: settings[k] for k in ('length', 'dim', 'eps', 'small_quantile')}
   records = []
   for qk_std in settings['qk_stds']:
-    for kernel, projection, m in _configurations(settings):
+    for kernel, a_scale, projection, m in _configurations(settings):
       start = time.perf_counter()
       per_sample = [
         fn(
@@ -288,15 +297,14 @@ def error_sweep(
           projection=projection,
           kernel=kernel,
           qk_std=qk_std,
+          a_scale=a_scale or 1.0,
           **shared,
         )
         for key in keys
       ]
       record = _record(
         {'source': 'random', 'qk_std': qk_std},
-        kernel,
-        projection,
-        m,
+        (kernel, a_scale, projection, m),
         jax.device_get(per_sample),
       )
       record['seconds'] = time.perf_counter() - start
@@ -323,8 +331,8 @@ def trained_error_sweep(
   Args:
     layers: per layer, (q [T, H, D], k, v, real [T]) from
       `performer.probe.attention_inputs`; padded positions are dropped.
-    settings: 'kernels', 'projections', 'num_features', 'samples', 'seed',
-      'eps', 'small_quantile'.
+    settings: 'kernels', 'a_scales', 'projections', 'num_features',
+      'samples', 'seed', 'eps', 'small_quantile'.
     causal: whether the model attends causally (`approximation_errors`).
     log: receives one progress line per configuration.
 
@@ -333,7 +341,9 @@ def trained_error_sweep(
     '<metric>_per_head': the mean over samples of each [layer][head].
   """
 
-  def errors(q_LD, k_LD, v_LD, key, *, num_features, projection, kernel):
+  def errors(
+    q_LD, k_LD, v_LD, key, a_scale, *, num_features, projection, kernel
+  ):
     w_MD = features.draw_projection(
       key, num_features, q_LD.shape[-1], projection
     )
@@ -346,6 +356,7 @@ def trained_error_sweep(
       settings['eps'],
       settings['small_quantile'],
       causal,
+      a_scale,
     )
 
   fn = jax.jit(errors, static_argnames=('num_features', 'projection', 'kernel'))
@@ -357,13 +368,23 @@ def trained_error_sweep(
   base = jax.random.key(settings['seed'])
   keys = [jax.random.fold_in(base, i) for i in range(settings['samples'])]
   records = []
-  for kernel, projection, m in _configurations(settings):
+  for config in _configurations(settings):
+    kernel, a_scale, projection, m = config
     start = time.perf_counter()
     # [samples][heads] of per-metric scalars.
     grid = jax.device_get(
       [
         [
-          fn(q, k, v, key, num_features=m, projection=projection, kernel=kernel)
+          fn(
+            q,
+            k,
+            v,
+            key,
+            a_scale or 1.0,
+            num_features=m,
+            projection=projection,
+            kernel=kernel,
+          )
           for q, k, v in heads
         ]
         for key in keys
@@ -376,7 +397,7 @@ def trained_error_sweep(
       }
       for row in grid
     ]
-    record = _record({'source': 'trained'}, kernel, projection, m, per_sample)
+    record = _record({'source': 'trained'}, config, per_sample)
     num_heads = layers[0][0].shape[1]
     for metric in METRICS:
       means = [
@@ -393,15 +414,28 @@ def trained_error_sweep(
 
 
 def _configurations(settings):
+  """(kernel, a_scale, projection, M); a_scale None for other kernels."""
   for kernel in settings['kernels']:
-    for projection in settings['projections']:
-      for m in settings['num_features']:
-        yield kernel, projection, m
+    scales = settings['a_scales'] if kernel in features.DATA_KERNELS else [None]
+    for a_scale in scales:
+      for projection in settings['projections']:
+        for m in settings['num_features']:
+          yield kernel, a_scale, projection, m
 
 
-def _record(fields, kernel, projection, m, per_sample):
-  """One record from a list of per-sample {metric: value}."""
-  record = {**fields, 'kernel': kernel, 'projection': projection}
+def label(kernel: str, a_scale: float | None) -> str:
+  """'favorpp' for A = A*, 'favorpp@0.5' for A = 0.5 A*; others as named."""
+  if a_scale is None or a_scale == 1.0:
+    return kernel
+  return f'{kernel}@{a_scale:g}'
+
+
+def _record(fields, config, per_sample):
+  """One record from a configuration and its per-sample {metric: value}."""
+  kernel, a_scale, projection, m = config
+  record = {**fields, 'kernel': kernel, 'a_scale': a_scale}
+  record['label'] = label(kernel, a_scale)
+  record['projection'] = projection
   record['num_features'] = m
   for metric in METRICS:
     values = [float(errors[metric]) for errors in per_sample]
@@ -412,7 +446,7 @@ def _record(fields, kernel, projection, m, per_sample):
 def _progress(record):
   where = record.get('qk_std', record['source'])
   return (
-    f'{where} {record["kernel"]} {record["projection"]} '
+    f'{where} {record["label"]} {record["projection"]} '
     f'M={record["num_features"]}: kernel_mse {record["kernel_mse_mean"]:.3e}, '
     f'output_mse {record["output_mse_mean"]:.3e} '
     f'({record["seconds"]:.1f} s)'

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     help='fraction of smallest exact kernel values for small_kernel_mse.',
   )
   p.add_argument(
+    '--a_scales',
+    default='1',
+    help='comma-separated multiples of A* in [0, 1] at which FAVOR++ and '
+    "FAVOR# are run (1: the papers' A*; 0: FAVOR+).",
+  )
+  p.add_argument(
     '--trained_workdir',
     default=None,
     help='also measure on the queries, keys and values of this run (every '

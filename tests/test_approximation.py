@@ -190,6 +190,7 @@ def test_script_writes_json_and_png(tmp_path, capsys):
     ('--qk_std=0.5,0', "--qk_std must be positive numbers, got '0'"),
     ('--qk_std=big', "--qk_std must be positive numbers, got 'big'"),
     ('--trained_index=-1', '--trained_index must be >= 0, got -1'),
+    ('--a_scales=1,1.5', "--a_scales must be numbers in [0, 1], got '1.5'"),
     ('--small_quantile=2', '--small_quantile must be in'),
   ],
 )

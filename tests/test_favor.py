@@ -68,6 +68,7 @@ def test_registered_with_documented_defaults():
     'chunk_size': 64,
     'num_heads': None,
     'stats_momentum': 0.99,
+    'a_scale': 1.0,
   }
   assert attention.defaults('favor_scan') == attention.defaults('favor')
 

@@ -326,6 +326,35 @@ def test_causal_uses_the_running_statistics(kernel):
   np.testing.assert_allclose(out, expected, rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize('kernel', DATA_KERNELS)
+def test_a_scale_multiplies_a_star_and_zero_is_favor_plus(kernel):
+  q, k, v = _inputs(scale=1.5)
+  mask = _mask()
+  half = _create(False, kernel, a_scale=0.5)
+  out = np.asarray(half(q, k, v, mask=mask))
+  w = half.projection[...]
+  phi_q = np.zeros((B, L, H, M))
+  phi_k = np.zeros((B, L, H, M))
+  for b in range(B):
+    real = np.asarray(mask[b])
+    for h in range(H):
+      qb, kb = np.asarray(q[b, :, h]), np.asarray(k[b, :, h])
+      a, psi = _reference_parameters(kernel, qb[real], kb[real])
+      phi_q[b, :, h] = _reference_features(qb, w, 0.5 * a, psi)
+      phi_k[b, :, h] = _reference_features(
+        kb, w, 0.5 * a, None if psi is None else 1 / psi
+      )
+  expected = reference.linear_attention(phi_q, phi_k, v, False, mask)
+  real = np.asarray(mask)
+  np.testing.assert_allclose(out[real], expected[real], rtol=TOL, atol=TOL)
+  if kernel == 'favorpp':  # FAVOR# still rescales q and k at A = 0.
+    plus = _create(False, 'softmax')
+    zero = _create(False, kernel, a_scale=0.0)
+    np.testing.assert_allclose(
+      zero(q, k, v, mask=mask), plus(q, k, v, mask=mask), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_running_statistics_are_bias_corrected_moving_averages():
   momentum = 0.9
   attn = _create(True, 'favorsharp', stats_momentum=momentum)
@@ -442,6 +471,7 @@ def test_finite_in_bf16_at_ten_times_the_norm(kernel, causal):
     ({'num_heads': 0}, r'num_heads.*0'),
     ({'stats_momentum': 1.0}, r'stats_momentum.*\[0, 1\).*1\.0'),
     ({'projection': 'none'}, r"projection 'none'.*kernel 'favorpp'"),
+    ({'a_scale': 1.5}, r'a_scale.*\[0, 1\].*1\.5'),
   ],
 )
 def test_bad_options_name_the_value(opts, match):

@@ -131,6 +131,7 @@ def test_trained_error_sweep_averages_heads(run_dir):
   layers = probe.attention_inputs(model, tokens)
   settings = {
     'kernels': ['softmax', 'favorpp'],
+    'a_scales': [1.0, 0.5],
     'projections': ['orthogonal'],
     'num_features': [8],
     'samples': 2,
@@ -141,9 +142,10 @@ def test_trained_error_sweep_averages_heads(run_dir):
   records = approximation.trained_error_sweep(
     layers, settings, causal=True, log=lambda _: None
   )
-  assert [(r['source'], r['kernel']) for r in records] == [
+  assert [(r['source'], r['label']) for r in records] == [
     ('trained', 'softmax'),
     ('trained', 'favorpp'),
+    ('trained', 'favorpp@0.5'),
   ]
   heads = config.model.num_heads
   for r in records:
@@ -200,15 +202,18 @@ def test_approximation_script_on_a_trained_run(run_dir, tmp_path):
       '--kernels=softmax,favorpp',
       '--projections=iid,orthogonal',
       '--qk_std=0.5,1',
+      '--a_scales=1,0.5',
       f'--trained_workdir={run_dir}',
       f'--json={tmp_path / "errors.json"}',
     ]
   )
   sources = {(r['source'], r.get('qk_std')) for r in result['records']}
   assert sources == {('random', 0.5), ('random', 1.0), ('trained', None)}
-  assert len(result['records']) == 3 * 2 * 2
+  # (softmax, favorpp, favorpp@0.5) x 2 projections, for 3 sets of inputs.
+  assert len(result['records']) == 3 * 3 * 2
   compared = {(c['source'], c['compared']) for c in result['comparisons']}
   assert ('trained', 'favorpp / softmax (iid)') in compared
   assert ('random', 'orthogonal / iid (favorpp)') in compared
+  assert ('random', 'favorpp@0.5 / softmax (orthogonal)') in compared
   saved = json.loads((tmp_path / 'errors.json').read_text())
   assert saved['comparisons'] == json.loads(json.dumps(result['comparisons']))

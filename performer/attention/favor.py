@@ -229,6 +229,7 @@ class FavorAttention(nnx.Module):
     chunk_size: int = 64,
     num_heads: int | None = None,
     stats_momentum: float = 0.99,
+    a_scale: float = 1.0,
   ):
     """Builds the module.
 
@@ -264,6 +265,9 @@ class FavorAttention(nnx.Module):
         running statistics are per head). The transformer fills it in.
       stats_momentum: causal 'favorpp' / 'favorsharp': the running
         statistics' decay per training step, in [0, 1).
+      a_scale: 'favorpp' / 'favorsharp': A = a_scale * A*, in [0, 1]; 1 is
+        the papers' A* (`features.optimal_a`), 0 is FAVOR+. Unbiased for
+        any value; docs/experiments.md measures which errs least.
 
     FAVOR++ and FAVOR# ('favorpp', 'favorsharp'): A (and FAVOR#'s Psi) come
     from the first and second moments of q' and k' (`features.PairStatistics`)
@@ -331,6 +335,13 @@ class FavorAttention(nnx.Module):
         f'stats_momentum must be a float in [0, 1), got {stats_momentum!r}'
       )
     self.stats_momentum = float(stats_momentum)
+    if (
+      isinstance(a_scale, bool)
+      or not isinstance(a_scale, int | float)
+      or not 0 <= a_scale <= 1
+    ):
+      raise ValueError(f'a_scale must be a float in [0, 1], got {a_scale!r}')
+    self.a_scale = float(a_scale)
 
     self.seed = FeatureSeed(jax.random.key_data(rngs.params()))
     self.projection = (
@@ -424,7 +435,7 @@ class FavorAttention(nnx.Module):
       qmask_BL = mask_BS if same else jnp.ones(q_BLHD.shape[:2], bool)
       stats = self._batch_moments(q_BLHD, k_BSHD, qmask_BL, mask_BS, axes=1)
     a_BH, psi_BHD = features.data_parameters(
-      self.kernel, jax.lax.stop_gradient(stats)
+      self.kernel, jax.lax.stop_gradient(stats), self.a_scale
     )
     return Features(w_MD, a_BH, psi_BHD)
 
@@ -755,6 +766,7 @@ class FavorPlusPlusAttention(FavorAttention):
     chunk_size: int = 64,
     num_heads: int | None = None,
     stats_momentum: float = 0.99,
+    a_scale: float = 1.0,
   ):
     """Builds the module; the arguments are `FavorAttention`'s."""
     super().__init__(
@@ -769,6 +781,7 @@ class FavorPlusPlusAttention(FavorAttention):
       chunk_size=chunk_size,
       num_heads=num_heads,
       stats_momentum=stats_momentum,
+      a_scale=a_scale,
     )
 
 

@@ -164,12 +164,13 @@ def sharp_scales(stats: PairStatistics) -> jax.Array:
 
 
 def data_parameters(
-  kernel: str, stats: PairStatistics
+  kernel: str, stats: PairStatistics, a_scale: float = 1.0
 ) -> tuple[jax.Array, jax.Array | None]:
   """(A [...], Psi [..., D] or None) of a data kernel for these statistics.
 
-  FAVOR# computes A from the statistics of the rescaled Psi q' and
-  Psi^-1 k'.
+  A = a_scale * A* (`optimal_a`): 1 is the paper's choice, 0 FAVOR+; the
+  estimate stays unbiased for any of them. FAVOR# computes A from the
+  statistics of the rescaled Psi q' and Psi^-1 k'.
   """
   if kernel not in DATA_KERNELS:
     raise ValueError(f'unknown data kernel {kernel!r}; valid: {DATA_KERNELS}')
@@ -182,7 +183,7 @@ def data_parameters(
       stats.mean_k / psi,
       stats.sq_k / psi**2,
     )
-  return optimal_a(pair_rho(stats)), psi
+  return a_scale * optimal_a(pair_rho(stats)), psi
 
 
 def gaussian_projection(key: jax.Array, num_features: int, dim: int):
@@ -397,6 +398,7 @@ def pair_feature_maps(
   kernel: str = 'softmax',
   eps: float = 1e-3,
   stats: PairStatistics | None = None,
+  a_scale: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
   """phi(q) [..., F] and phi(k) [..., F] of one kernel, for analysis.
 
@@ -411,6 +413,7 @@ def pair_feature_maps(
     kernel: one of `KERNELS`.
     eps: see `feature_parts`.
     stats: optional `PairStatistics` (shapes [D]) for the data kernels.
+    a_scale: the data kernels' A as a multiple of A* (`data_parameters`).
   """
   if kernel not in DATA_KERNELS:
     return feature_map(q_XD, w_MD, kernel, eps), feature_map(
@@ -423,7 +426,7 @@ def pair_feature_maps(
       *moments(q_ND, jnp.ones((q_ND.shape[0], 1)), (0,)),
       *moments(k_ND, jnp.ones((k_ND.shape[0], 1)), (0,)),
     )
-  a, psi = data_parameters(kernel, stats)
+  a, psi = data_parameters(kernel, stats, a_scale)
   phi_q = feature_map(q_XD, w_MD, kernel, eps, a_X=a, rescale_XD=psi)
   phi_k = feature_map(
     k_YD, w_MD, kernel, eps, a_X=a, rescale_XD=None if psi is None else 1 / psi

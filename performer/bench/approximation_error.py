@@ -64,6 +64,15 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     if not (math.isfinite(value) and value > 0):
       raise ValueError(f'--qk_std must be positive numbers, got {text!r}')
     qk_stds.append(value)
+  a_scales = []
+  for text in flags.split_list(args.a_scales, '--a_scales'):
+    try:
+      value = float(text)
+    except ValueError:
+      value = math.nan
+    if not 0 <= value <= 1:
+      raise ValueError(f'--a_scales must be numbers in [0, 1], got {text!r}')
+    a_scales.append(value)
   if args.trained_index < 0:
     raise ValueError(f'--trained_index must be >= 0, got {args.trained_index}')
   if not (math.isfinite(args.eps) and args.eps >= 0):
@@ -80,6 +89,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     'kernels': kernels,
     'projections': projections,
     'qk_stds': qk_stds,
+    'a_scales': a_scales,
     'trained_workdir': args.trained_workdir,
     'trained_index': args.trained_index,
     'eps': args.eps,
@@ -93,7 +103,7 @@ def table(records: Sequence[dict[str, Any]]) -> str:
   columns = [
     ('source', 'inputs', str),
     ('qk_std', 'q,k std', _fmt_std),
-    ('kernel', 'kernel', str),
+    ('label', 'kernel', str),
     ('projection', 'projection', str),
     ('num_features', 'M', str),
   ]
@@ -106,15 +116,15 @@ def table(records: Sequence[dict[str, Any]]) -> str:
 def comparisons(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """Paired ratios of errors (`approximation.paired_ratio`) per metric.
 
-  Kernel pairs of `KERNEL_PAIRS` at the same inputs, projection and M, and
-  orthogonal over iid at the same inputs, kernel and M; only the pairs
-  whose both sides were run.
+  Kernel pairs of `KERNEL_PAIRS` at the same inputs, projection and M (and
+  every FAVOR++ / FAVOR# A scale over FAVOR+), and orthogonal over iid at
+  the same inputs, kernel and M; only the pairs whose both sides were run.
   """
   index = {
     (
       r['source'],
       r.get('qk_std'),
-      r['kernel'],
+      r['label'],
       r['projection'],
       r['num_features'],
     ): r
@@ -135,14 +145,17 @@ def comparisons(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       )
     out.append(row)
 
-  for (source, std, kernel, projection, m), a in index.items():
-    for top, bottom in KERNEL_PAIRS:
+  for (source, std, name, projection, m), a in index.items():
+    pairs = list(KERNEL_PAIRS)
+    if a['a_scale'] not in (None, 1.0):
+      pairs.append((name, 'softmax'))
+    for top, bottom in pairs:
       b = index.get((source, std, bottom, projection, m))
-      if kernel == top and b is not None:
+      if name == top and b is not None:
         add(f'{top} / {bottom} ({projection})', a, b)
-    b = index.get((source, std, kernel, 'iid', m))
+    b = index.get((source, std, name, 'iid', m))
     if projection == 'orthogonal' and b is not None:
-      add(f'orthogonal / iid ({kernel})', a, b)
+      add(f'orthogonal / iid ({name})', a, b)
   return out
 
 
@@ -182,12 +195,15 @@ def plot(
   for i, (row_title, row_records) in enumerate(rows):
     for j, metric in enumerate(PLOTTED):
       ax = axes[i][j]
-      for c, kernel in enumerate(settings['kernels']):
+      labels = list(dict.fromkeys(r['label'] for r in records))
+      for c, name in enumerate(labels):
+        kernel, _, scale = name.partition('@')
+        shown = names.get(kernel, kernel) + (f' A*x{scale}' if scale else '')
         for projection in settings['projections']:
           rs = [
             r
             for r in row_records
-            if r['kernel'] == kernel
+            if r['label'] == name
             and r['projection'] == projection
             and r[f'{metric}_mean'] is not None
           ]
@@ -197,7 +213,7 @@ def plot(
             yerr=[r[f'{metric}_ci95'] or 0.0 for r in rs],
             color=plt.get_cmap('tab10')(c),
             capsize=3,
-            label=f'{names.get(kernel, kernel)}, {projection}',
+            label=f'{shown}, {projection}',
             **styles.get(projection, {}),
           )
       ax.set_xscale('log', base=2)
