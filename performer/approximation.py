@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from performer.attention import features
 
@@ -519,3 +520,93 @@ def paired_ratio(
     'high': math.exp(mean + half),
     'samples': len(logs),
   }
+
+
+def closed_form_variances(
+  q_LD: Any, k_SD: Any, a_scales: list[float]
+) -> dict[str, Any]:
+  """Exact variances of one positive feature's estimate, over all pairs.
+
+  For w ~ N(0, I), E[exp(c |w|^2 + b . w)] = (1 - 2c)^(-D/2)
+  exp(|b|^2 / (2 (1 - 2c))) gives the second moment of one FAVOR++ feature
+  product at A,
+    (1 - 4A)^D (1 - 8A)^(-D/2) exp(2 (1 - 4A) |x + y|^2 / (1 - 8A)
+                                   - |x|^2 - |y|^2),
+  x = q D^-1/4, y = k D^-1/4; minus exp(2 x . y), the variance (A = 0 is
+  FAVOR+). The mean over pairs is what Monte-Carlo samples of M features
+  estimate only slowly: it is dominated by rare, huge feature products.
+
+  Args:
+    q_LD: queries (numpy or jax), float64 is used.
+    k_SD: keys.
+    a_scales: multiples of A* (`features.optimal_a` of these q and k).
+
+  Returns:
+    {'a_star', 'favor_plus': {'mean', 'median'}, 'favorpp': [{'a_scale',
+    'a', 'mean', 'median'}, ...]} of the per-pair variance of one feature.
+  """
+  x = np.asarray(q_LD, np.float64) * q_LD.shape[-1] ** -0.25
+  y = np.asarray(k_SD, np.float64) * k_SD.shape[-1] ** -0.25
+  d = x.shape[-1]
+  s_LS = np.sum((x[:, None] + y[None]) ** 2, -1)
+  norms_LS = np.sum(x**2, -1)[:, None] + np.sum(y**2, -1)[None]
+  kernel2_LS = np.exp(2 * x @ y.T)
+  rho = float(np.mean(s_LS) / d)
+  a_star = float(features.optimal_a(rho))
+
+  def variance(a):
+    log_m2 = (
+      d * math.log(1 - 4 * a)
+      - d / 2 * math.log(1 - 8 * a)
+      + 2 * (1 - 4 * a) / (1 - 8 * a) * s_LS
+      - norms_LS
+    )
+    v = np.exp(log_m2) - kernel2_LS
+    return {'mean': float(np.mean(v)), 'median': float(np.median(v))}
+
+  return {
+    'a_star': a_star,
+    'favor_plus': variance(0.0),
+    'favorpp': [
+      {'a_scale': c, 'a': c * a_star, **variance(c * a_star)} for c in a_scales
+    ],
+  }
+
+
+def head_statistics(
+  layers: list[tuple[Any, Any, Any, Any]], *, causal: bool
+) -> list[dict[str, Any]]:
+  """Per layer and head of a trained model: what the kernels see.
+
+  The entry standard deviations of q and k, the largest logit
+  q . k / sqrt(D) over the pairs the model forms (j <= i when causal), rho
+  and A* (`features.optimal_a`), and the range of FAVOR#'s Psi (1
+  everywhere would make FAVOR# FAVOR++).
+  """
+  out = []
+  for layer, (q, k, _, real) in enumerate(layers):
+    for head in range(q.shape[1]):
+      q_LD, k_LD = q[real][:, head], k[real][:, head]
+      ones = jnp.ones((q_LD.shape[0], 1))
+      stats = features.PairStatistics(
+        *features.moments(jnp.asarray(q_LD), ones, (0,)),
+        *features.moments(jnp.asarray(k_LD), ones, (0,)),
+      )
+      psi = np.asarray(features.sharp_scales(stats))
+      logits = q_LD @ k_LD.T / math.sqrt(q_LD.shape[-1])
+      if causal:
+        logits = np.where(np.tri(len(q_LD), dtype=bool), logits, -np.inf)
+      out.append(
+        {
+          'layer': layer,
+          'head': head,
+          'q_std': float(np.std(q_LD)),
+          'k_std': float(np.std(k_LD)),
+          'max_logit': float(np.max(logits)),
+          'rho': float(features.pair_rho(stats)),
+          'a_star': float(features.optimal_a(features.pair_rho(stats))),
+          'psi_min': float(psi.min()),
+          'psi_max': float(psi.max()),
+        }
+      )
+  return out

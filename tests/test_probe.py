@@ -215,5 +215,14 @@ def test_approximation_script_on_a_trained_run(run_dir, tmp_path):
   assert ('trained', 'favorpp / softmax (iid)') in compared
   assert ('random', 'orthogonal / iid (favorpp)') in compared
   assert ('random', 'favorpp@0.5 / softmax (orthogonal)') in compared
+  heads = result['trained_heads']
+  assert [(h['layer'], h['head']) for h in heads] == [
+    (0, 0),
+    (0, 1),
+    (1, 0),
+    (1, 1),
+  ]
+  for h in heads:
+    assert h['a_star'] <= 0 and 0 < h['psi_min'] <= h['psi_max']
   saved = json.loads((tmp_path / 'errors.json').read_text())
   assert saved['comparisons'] == json.loads(json.dumps(result['comparisons']))

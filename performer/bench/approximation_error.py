@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+
 from performer import approximation, probe, workdir
 from performer.attention import features
 from performer.bench import flags, plots, report, timing
@@ -250,6 +252,7 @@ def run(
   """
   start = time.perf_counter()
   records = approximation.error_sweep(settings, log=report.log)
+  heads = None
   if settings['trained_workdir']:
     model, config = probe.load_run(settings['trained_workdir'])
     tokens, mask = probe.example(config, index=settings['trained_index'])
@@ -257,13 +260,19 @@ def run(
     records += approximation.trained_error_sweep(
       layers, settings, causal=bool(config.model.causal), log=report.log
     )
+    heads = approximation.head_statistics(
+      layers, causal=bool(config.model.causal)
+    )
   paired = comparisons(records)
+  theory = theoretical(settings)
   result = {
     'settings': settings,
     **timing.device_info(),
     'seconds': time.perf_counter() - start,
     'records': records,
     'comparisons': paired,
+    'theory': theory,
+    'trained_heads': heads,
   }
   if json_path:
     workdir.write_json(json_path, result)
@@ -272,7 +281,62 @@ def run(
   print(table(records))
   if paired:
     print(comparison_table(paired))
+  print(theory_table(theory))
   return result
+
+
+# Rows of the first sample's inputs that the closed forms use (all pairs).
+THEORY_ROWS = 512
+
+
+def theoretical(settings: dict[str, Any]) -> list[dict[str, Any]]:
+  """Closed-form per-feature variances (`approximation.closed_form_variances`)
+
+  of FAVOR+ and FAVOR++ (at each --a_scales) on the first `THEORY_ROWS`
+  queries and keys of sample 0, per q, k scale.
+  """
+  key = jax.random.fold_in(jax.random.key(settings['seed']), 0)
+  input_key, _ = jax.random.split(key)  # As `approximation.sample_errors`.
+  out = []
+  for qk_std in settings['qk_stds']:
+    q, k, _ = approximation.draw_inputs(
+      input_key, settings['length'], settings['dim'], qk_std
+    )
+    rows = min(THEORY_ROWS, settings['length'])
+    out.append(
+      {
+        'qk_std': qk_std,
+        'rows': rows,
+        **approximation.closed_form_variances(
+          q[:rows], k[:rows], settings['a_scales']
+        ),
+      }
+    )
+  return out
+
+
+def theory_table(theory: Sequence[dict[str, Any]]) -> str:
+  """Mean and median per-pair variance of one feature, by A."""
+  rows = []
+  for t in theory:
+    rows.append(
+      {'qk_std': t['qk_std'], 'which': 'FAVOR+ (A = 0)', **t['favor_plus']}
+    )
+    for v in t['favorpp']:
+      rows.append(
+        {
+          **v,
+          'qk_std': t['qk_std'],
+          'which': f'{v["a_scale"]:g} A* = {v["a"]:.3f}',
+        }
+      )
+  columns = [
+    ('qk_std', 'q,k std', _fmt_std),
+    ('which', 'A', str),
+    ('mean', 'mean variance', _fmt),
+    ('median', 'median variance', _fmt),
+  ]
+  return report.markdown_table(rows, columns)
 
 
 def _fmt_std(x: float | None) -> str:
