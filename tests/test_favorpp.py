@@ -281,14 +281,8 @@ def _trained(kernel, updates=3):
   return attn
 
 
-@pytest.mark.parametrize('kernel', DATA_KERNELS)
-def test_bidirectional_equals_float64_reference(kernel):
-  # A and Psi per (batch, head) from the real queries and keys only.
-  q, k, v = _inputs(scale=1.5)
-  mask = _mask()
-  attn = _create(False, kernel)
-  out = np.asarray(attn(q, k, v, mask=mask))
-  w = attn.projection[...]
+def _bidirectional_reference(kernel, q, k, v, mask, w, a_scale=1.0):
+  """Float64 attention with A (times a_scale) and Psi per (batch, head)."""
   phi_q = np.zeros((B, L, H, M))
   phi_k = np.zeros((B, L, H, M))
   for b in range(B):
@@ -296,11 +290,23 @@ def test_bidirectional_equals_float64_reference(kernel):
     for h in range(H):
       qb, kb = np.asarray(q[b, :, h]), np.asarray(k[b, :, h])
       a, psi = _reference_parameters(kernel, qb[real], kb[real])
-      phi_q[b, :, h] = _reference_features(qb, w, a, psi)
+      phi_q[b, :, h] = _reference_features(qb, w, a_scale * a, psi)
       phi_k[b, :, h] = _reference_features(
-        kb, w, a, None if psi is None else 1 / psi
+        kb, w, a_scale * a, None if psi is None else 1 / psi
       )
-  expected = reference.linear_attention(phi_q, phi_k, v, False, mask)
+  return reference.linear_attention(phi_q, phi_k, v, False, mask)
+
+
+@pytest.mark.parametrize('kernel', DATA_KERNELS)
+def test_bidirectional_equals_float64_reference(kernel):
+  # A and Psi per (batch, head) from the real queries and keys only.
+  q, k, v = _inputs(scale=1.5)
+  mask = _mask()
+  attn = _create(False, kernel)
+  out = np.asarray(attn(q, k, v, mask=mask))
+  expected = _bidirectional_reference(
+    kernel, q, k, v, mask, attn.projection[...]
+  )
   real = np.asarray(mask)
   np.testing.assert_allclose(out[real], expected[real], rtol=TOL, atol=TOL)
 
@@ -333,18 +339,7 @@ def test_a_scale_multiplies_a_star_and_zero_is_favor_plus(kernel):
   half = _create(False, kernel, a_scale=0.5)
   out = np.asarray(half(q, k, v, mask=mask))
   w = half.projection[...]
-  phi_q = np.zeros((B, L, H, M))
-  phi_k = np.zeros((B, L, H, M))
-  for b in range(B):
-    real = np.asarray(mask[b])
-    for h in range(H):
-      qb, kb = np.asarray(q[b, :, h]), np.asarray(k[b, :, h])
-      a, psi = _reference_parameters(kernel, qb[real], kb[real])
-      phi_q[b, :, h] = _reference_features(qb, w, 0.5 * a, psi)
-      phi_k[b, :, h] = _reference_features(
-        kb, w, 0.5 * a, None if psi is None else 1 / psi
-      )
-  expected = reference.linear_attention(phi_q, phi_k, v, False, mask)
+  expected = _bidirectional_reference(kernel, q, k, v, mask, w, a_scale=0.5)
   real = np.asarray(mask)
   np.testing.assert_allclose(out[real], expected[real], rtol=TOL, atol=TOL)
   if kernel == 'favorpp':  # FAVOR# still rescales q and k at A = 0.
