@@ -474,6 +474,13 @@ def test_bad_options_name_the_value(opts, match):
     _create(True, 'favorpp', **opts)
 
 
+def test_inputs_with_other_heads_than_the_statistics_are_refused():
+  attn = _create(True, 'favorpp', num_heads=3)
+  q, k, v = _inputs()  # H = 2.
+  with pytest.raises(ValueError, match='inputs have 2 heads.*num_heads=3'):
+    attn(q, k, v)
+
+
 # The trainer: running statistics learned in training steps only.
 
 

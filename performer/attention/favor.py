@@ -406,7 +406,7 @@ class FavorAttention(nnx.Module):
     )
     b, s = k_BSHD.shape[:2]
     mask_BS = common.key_mask_or_ones(mask, b, s)
-    feats = self._features(compute, b, q_BLHD, k_BSHD, mask_BS)
+    feats = self._features(compute, q_BLHD, k_BSHD, mask_BS)
     carry = None
     if self.causal:
       out_BLHD, carry = self._causal(q_BLHD, k_BSHD, v_BSHD, mask_BS, feats)
@@ -414,18 +414,25 @@ class FavorAttention(nnx.Module):
       out_BLHD = self._bidirectional(q_BLHD, k_BSHD, v_BSHD, mask_BS, feats)
     return out_BLHD.astype(dtype), carry
 
-  def _features(self, dtype, batch, q_BLHD=None, k_BSHD=None, mask_BS=None):
+  def _features(self, dtype, q_BLHD, k_BSHD, mask_BS=None):
     """The projection and, for FAVOR++ / FAVOR#, A and Psi, in `dtype`.
 
-    Bidirectional: from the moments of this q and k; causal: from the
-    running moments (q and k are then not needed).
+    Bidirectional: from the moments of this q and k (and mask); causal:
+    from the running moments (q and k only give the shapes).
     """
     w_MD = self._projection(dtype)
     if self.kernel not in features.DATA_KERNELS:
       return Features(w_MD)
     if self.causal:
+      heads = k_BSHD.shape[2]
+      if heads != self.num_heads:
+        raise ValueError(
+          f'inputs have {heads} heads, but this module keeps running '
+          f'statistics for num_heads={self.num_heads}'
+        )
       stats = self.running_statistics()
       # [H, ...] -> [B, H, ...]: one set of statistics for every sequence.
+      batch = k_BSHD.shape[0]
       stats = jax.tree.map(
         lambda x: jnp.broadcast_to(x, (batch,) + x.shape).astype(dtype), stats
       )
@@ -562,7 +569,7 @@ class FavorAttention(nnx.Module):
     q_BHD, k_BHD, v_BHD = (
       x[:, 0].astype(compute) for x in (q_B1HD, k_B1HD, v_B1HD)
     )
-    feats = self._features(compute, q_BHD.shape[0])
+    feats = self._features(compute, q_B1HD, k_B1HD)
     phiq_BHM = self._query_features(q_BHD, feats)
     kbase_BHM, ks_BH = self._key_features(
       k_BHD, jnp.ones(k_BHD.shape[:2], bool), feats
