@@ -43,6 +43,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from performer import attention
 from performer import model as model_lib
 
 CONFIG_FILE = 'config.json'
@@ -164,22 +165,26 @@ def _identity(config: dict) -> dict[str, Any]:
   """The dotted identity fields of a config that decide what it computes.
 
   Left out: the options of attention variants the model does not use (they
-  are never read) and data-loader tuning.
+  are never read), options of the used one at their registry default (so
+  that a run saved before an option existed still matches: its absence
+  meant the default) and data-loader tuning.
   """
   flat = {}
   for field in IDENTITY_FIELDS:
     flat.update(flatten({field: config.get(field)}))
   used = (config.get('model') or {}).get('attention')
-  unused_prefix = 'model.attention_options.'
-  return {
-    k: v
-    for k, v in flat.items()
-    if k not in LOADER_TUNING_FIELDS
-    and not (
-      k.startswith(unused_prefix)
-      and k[len(unused_prefix) :].split('.', 1)[0] != used
-    )
-  }
+  defaults = attention.defaults(used) if used in attention.names() else {}
+  prefix = 'model.attention_options.'
+  identity = {}
+  for k, v in flat.items():
+    if k in LOADER_TUNING_FIELDS:
+      continue
+    if k.startswith(prefix):
+      name, _, option = k[len(prefix) :].partition('.')
+      if name != used or (option in defaults and v == defaults[option]):
+        continue
+    identity[k] = v
+  return identity
 
 
 def differing_fields(saved: dict, current: dict) -> list[str]:
