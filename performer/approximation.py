@@ -587,11 +587,8 @@ def head_statistics(
   for layer, (q, k, _, real) in enumerate(layers):
     for head in range(q.shape[1]):
       q_LD, k_LD = q[real][:, head], k[real][:, head]
-      ones = jnp.ones((q_LD.shape[0], 1))
-      stats = features.PairStatistics(
-        *features.moments(jnp.asarray(q_LD), ones, (0,)),
-        *features.moments(jnp.asarray(k_LD), ones, (0,)),
-      )
+      stats = features.pair_statistics(q_LD, k_LD)
+      rho = features.pair_rho(stats)
       psi = np.asarray(features.sharp_scales(stats))
       logits = q_LD @ k_LD.T / math.sqrt(q_LD.shape[-1])
       if causal:
@@ -603,8 +600,8 @@ def head_statistics(
           'q_std': float(np.std(q_LD)),
           'k_std': float(np.std(k_LD)),
           'max_logit': float(np.max(logits)),
-          'rho': float(features.pair_rho(stats)),
-          'a_star': float(features.optimal_a(features.pair_rho(stats))),
+          'rho': float(rho),
+          'a_star': float(features.optimal_a(rho)),
           'psi_min': float(psi.min()),
           'psi_max': float(psi.max()),
         }

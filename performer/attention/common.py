@@ -87,6 +87,18 @@ def check_positive_int(name: str, value, *, minimum: int = 1) -> int:
   return value
 
 
+def check_float(name: str, value, valid: str, ok) -> float:
+  """`value` as a float if it is a real number with ok(value), else a
+  ValueError "<name> must be a float <valid>, got <value>"."""
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, int | float)
+    or not ok(value)
+  ):
+    raise ValueError(f'{name} must be a float {valid}, got {value!r}')
+  return float(value)
+
+
 def check_choice(name: str, value, valid) -> str:
   """Returns `value` when it is one of `valid`, else raises ValueError."""
   if value not in valid:

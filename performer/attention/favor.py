@@ -306,13 +306,9 @@ class FavorAttention(nnx.Module):
     self.redraw_interval = common.check_positive_int(
       'redraw_interval', redraw_interval, minimum=0
     )
-    if (
-      isinstance(kernel_eps, bool)
-      or not isinstance(kernel_eps, int | float)
-      or not kernel_eps >= 0
-    ):
-      raise ValueError(f'kernel_eps must be a float >= 0, got {kernel_eps!r}')
-    self.kernel_eps = float(kernel_eps)
+    self.kernel_eps = common.check_float(
+      'kernel_eps', kernel_eps, '>= 0', lambda x: x >= 0
+    )
     self.num_heads = None
     if kernel in features.DATA_KERNELS and causal:
       if num_heads is None:
@@ -326,22 +322,12 @@ class FavorAttention(nnx.Module):
         zeros_HD = jnp.zeros((num_heads, head_dim), jnp.float32)
         setattr(self, f'running_{name}', FeatureStatistics(zeros_HD))
       self.running_count = FeatureStatistics(jnp.zeros((), jnp.float32))
-    if (
-      isinstance(stats_momentum, bool)
-      or not isinstance(stats_momentum, int | float)
-      or not 0 <= stats_momentum < 1
-    ):
-      raise ValueError(
-        f'stats_momentum must be a float in [0, 1), got {stats_momentum!r}'
-      )
-    self.stats_momentum = float(stats_momentum)
-    if (
-      isinstance(a_scale, bool)
-      or not isinstance(a_scale, int | float)
-      or not 0 <= a_scale <= 1
-    ):
-      raise ValueError(f'a_scale must be a float in [0, 1], got {a_scale!r}')
-    self.a_scale = float(a_scale)
+    self.stats_momentum = common.check_float(
+      'stats_momentum', stats_momentum, 'in [0, 1)', lambda x: 0 <= x < 1
+    )
+    self.a_scale = common.check_float(
+      'a_scale', a_scale, 'in [0, 1]', lambda x: 0 <= x <= 1
+    )
 
     self.seed = FeatureSeed(jax.random.key_data(rngs.params()))
     self.projection = (

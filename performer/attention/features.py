@@ -129,6 +129,15 @@ def moments(
   return mean, sq
 
 
+def pair_statistics(q_ND: jax.Array, k_MD: jax.Array) -> PairStatistics:
+  """`PairStatistics` [D] of every row of q [N, D] and k [M, D] (no mask)."""
+  q_ND, k_MD = jnp.asarray(q_ND), jnp.asarray(k_MD)
+  return PairStatistics(
+    *moments(q_ND, jnp.ones((q_ND.shape[0], 1)), (0,)),
+    *moments(k_MD, jnp.ones((k_MD.shape[0], 1)), (0,)),
+  )
+
+
 def pair_rho(stats: PairStatistics) -> jax.Array:
   """rho = mean over pairs (i, j) of |q'_i + k'_j|^2 / D, [...]."""
   d = stats.mean_q.shape[-1]
@@ -420,11 +429,9 @@ def pair_feature_maps(
       k_YD, w_MD, kernel, eps
     )
   if stats is None:
-    q_ND = jnp.reshape(q_XD, (-1, q_XD.shape[-1]))
-    k_ND = jnp.reshape(k_YD, (-1, k_YD.shape[-1]))
-    stats = PairStatistics(
-      *moments(q_ND, jnp.ones((q_ND.shape[0], 1)), (0,)),
-      *moments(k_ND, jnp.ones((k_ND.shape[0], 1)), (0,)),
+    stats = pair_statistics(
+      jnp.reshape(q_XD, (-1, q_XD.shape[-1])),
+      jnp.reshape(k_YD, (-1, k_YD.shape[-1])),
     )
   a, psi = data_parameters(kernel, stats, a_scale)
   phi_q = feature_map(q_XD, w_MD, kernel, eps, a_X=a, rescale_XD=psi)

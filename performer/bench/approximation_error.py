@@ -57,24 +57,15 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     '--projections',
     'projection',
   )
-  qk_stds = []
-  for text in flags.split_list(args.qk_std, '--qk_std'):
-    try:
-      value = float(text)
-    except ValueError:
-      value = math.nan
-    if not (math.isfinite(value) and value > 0):
-      raise ValueError(f'--qk_std must be positive numbers, got {text!r}')
-    qk_stds.append(value)
-  a_scales = []
-  for text in flags.split_list(args.a_scales, '--a_scales'):
-    try:
-      value = float(text)
-    except ValueError:
-      value = math.nan
-    if not 0 <= value <= 1:
-      raise ValueError(f'--a_scales must be numbers in [0, 1], got {text!r}')
-    a_scales.append(value)
+  qk_stds = _numbers(
+    args.qk_std,
+    '--qk_std',
+    'positive numbers',
+    lambda x: math.isfinite(x) and x > 0,
+  )
+  a_scales = _numbers(
+    args.a_scales, '--a_scales', 'numbers in [0, 1]', lambda x: 0 <= x <= 1
+  )
   if args.trained_index < 0:
     raise ValueError(f'--trained_index must be >= 0, got {args.trained_index}')
   if not (math.isfinite(args.eps) and args.eps >= 0):
@@ -98,6 +89,20 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     'small_quantile': args.small_quantile,
     'seed': args.seed,
   }
+
+
+def _numbers(text: str, flag: str, valid: str, ok) -> list[float]:
+  """A comma-separated flag of floats with ok(x), else a ValueError."""
+  out = []
+  for item in flags.split_list(text, flag):
+    try:
+      value = float(item)
+    except ValueError:
+      value = math.nan
+    if not ok(value):
+      raise ValueError(f'{flag} must be {valid}, got {item!r}')
+    out.append(value)
+  return out
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
