@@ -10,7 +10,8 @@ schedule with base 0.05 and 1,000 warmup steps (peak 0.05 / sqrt(1000)),
 weight decay 0.1, a 4-layer encoder (emb 512, 8 heads, qkv 512, mlp 1024),
 CLS pooling, dropout 0.1. FAVOR+ as the LRA ListOps Performer config set
 it: positive softmax features, 2 orthogonal random features (chi row
-norms), redrawn every step; see configs/lra_common.py for every variant's
+norms), redrawn every step; FAVOR++ and FAVOR# (favorpp, favorsharp) draw
+their features the same way. See configs/lra_common.py for every variant's
 options. The best-validation checkpoint is evaluated on the test split
 (LRA evaluated the last one).
 
@@ -41,6 +42,7 @@ LISTOPS_FAVOR = {
   'num_features': 2,
   'redraw_interval': 1,
 }
+LISTOPS_PROJECTION = {k: v for k, v in LISTOPS_FAVOR.items() if k != 'kernel'}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,6 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, attention='favor', lite=False)
   config = lra_common.base_config(args, data_name='listops', num_classes=10)
   lra_common.set_attention_options(config, favor=LISTOPS_FAVOR)
+  # FAVOR++ and FAVOR# draw their features as this FAVOR+ does (2
+  # orthogonal, redrawn every call), so that the three differ by the
+  # kernel alone (their kernels are their own: no `kernel` option).
+  for name in ('favorpp', 'favorsharp'):
+    config.model.attention_options[name].update(LISTOPS_PROJECTION)
   config.data.seq_len = 2000
   config.data.min_length = 500
   config.data.max_length = 2000

@@ -86,6 +86,11 @@ def default_config() -> ml_collections.ConfigDict:
     pool: 'cls' (a learned token prepended to the sequence) or 'mean'
       (average over real tokens).
     dtype: compute dtype, 'float32' or 'bfloat16'; parameters stay float32.
+    remat: rematerialize each block in the backward pass (`nnx.remat`):
+      only the blocks' inputs are kept from the forward pass, so
+      activation memory holds one block's intermediates instead of every
+      block's, for about one more forward pass of compute. The same loss
+      and gradients either way.
   """
   config = ml_collections.ConfigDict()
   config.head = 'lm'
@@ -106,6 +111,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_classes = 2
   config.pool = 'cls'
   config.dtype = 'float32'
+  config.remat = False
   return config
 
 
@@ -372,6 +378,8 @@ class Encoder(nnx.Module):
     self.position = config.position
     self.max_len = config.max_len
     self.emb_dim = config.emb_dim
+    # .get: configs saved before the option existed.
+    self.remat = config.get('remat', False)
     self.token_embed = nnx.Embed(
       config.vocab_size, config.emb_dim, dtype=self.dtype, rngs=rngs
     )
@@ -436,8 +444,17 @@ class Encoder(nnx.Module):
     x_BLE, mask_BL, positions_L = self._block_inputs(
       tokens_BL, mask_BL, train=train, rngs=rngs
     )
+
+    def run_block(block, x_BLE, mask_BL, positions_L, rngs):
+      return block(x_BLE, mask_BL, positions_L, train=train, rngs=rngs)
+
+    if self.remat:
+      # `train` stays a Python bool (closed over), so each mode traces
+      # once; the block's variables (parameters, running statistics,
+      # feature seeds) go through nnx's lifted checkpoint.
+      run_block = nnx.remat(run_block)
     for block in self.blocks:
-      x_BLE = block(x_BLE, mask_BL, positions_L, train=train, rngs=rngs)
+      x_BLE = run_block(block, x_BLE, mask_BL, positions_L, rngs)
     return self.final_norm(x_BLE)
 
   def _block_inputs(self, tokens_BL, mask_BL, *, train, rngs):

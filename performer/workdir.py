@@ -145,8 +145,14 @@ def latest_step(workdir: str) -> int | None:
 # differs in any of them cannot be resumed by this config. Trainer settings
 # such as num_train_steps or eval_every_steps may change between restarts.
 IDENTITY_FIELDS = ('model', 'data', 'seed', 'batch_size')
-# Inside those, fields that change how fast the data arrives, not what it is.
-LOADER_TUNING_FIELDS = ('data.read_threads', 'data.worker_buffer_size')
+# Inside those, fields that change how fast the data arrives or how much
+# memory a step takes, not what is computed (rematerialization gives the
+# same gradients).
+TUNING_FIELDS = (
+  'data.read_threads',
+  'data.worker_buffer_size',
+  'model.remat',
+)
 
 
 def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
@@ -177,7 +183,7 @@ def _identity(config: dict) -> dict[str, Any]:
   prefix = 'model.attention_options.'
   identity = {}
   for k, v in flat.items():
-    if k in LOADER_TUNING_FIELDS:
+    if k in TUNING_FIELDS:
       continue
     if k.startswith(prefix):
       name, _, option = k[len(prefix) :].partition('.')
