@@ -237,9 +237,7 @@ def model_problems(config: Mapping[str, Any], prefix='model.') -> list[str]:
   found.choice(config, 'pool', model.POOLS)
   found.choice(config, 'dtype', model.DTYPES)
   remat = config.get('remat', False)
-  found.need(
-    isinstance(remat, bool), f'remat must be a bool, got {remat!r}'
-  )
+  found.need(isinstance(remat, bool), f'remat must be a bool, got {remat!r}')
   found.need(
     config['attention'] in attention.names(),
     f'attention must be one of {attention.names()}, got '

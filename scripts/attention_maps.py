@@ -35,6 +35,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from performer import attention, attention_maps, probe, workdir
 from performer.bench import flags
 
@@ -110,7 +112,8 @@ def run(args) -> dict[str, Any]:
   what = 'text' if args.text is not None else f'{args.split} #{args.index}'
   title = (
     f'{os.path.basename(os.path.abspath(args.workdir))}: '
-    f'{config.model.attention} model, {what}, {tokens.shape[1]} tokens'
+    f'{config.model.attention} model, {what}, '
+    f'{int(np.sum(inputs[0][3]))} positions'
   )
   summary = attention_maps.draw(maps, args.png, title, inputs[0][3])
   result = {

@@ -92,6 +92,13 @@ def test_collect_only_means_stds_and_published(tmp_path):
     assert row['test_accuracy_std_pct'] == pytest.approx(
       accs.std(ddof=1), 1e-12
     )
+    # _write_results puts validation 0.01 below test.
+    assert row['validation_accuracy_mean_pct'] == pytest.approx(
+      accs.mean() - 1.0, 1e-12
+    )
+    assert row['validation_accuracy_std_pct'] == pytest.approx(
+      accs.std(ddof=1), 1e-9
+    )
     assert row['steps_per_sec'] == pytest.approx(11.0, 1e-12)  # 10, 11, 12
     assert row['peak_memory_bytes'] == pytest.approx(2 * 2**20, 1e-12)
     csv_row = rows[row['task'], row['attention']]

@@ -147,6 +147,8 @@ CSV_FIELDS = (
   'missing',
   'test_accuracy_mean_pct',
   'test_accuracy_std_pct',
+  'validation_accuracy_mean_pct',
+  'validation_accuracy_std_pct',
   'published_accuracy_pct',
   'steps_per_sec',
   'peak_memory_bytes',
@@ -527,7 +529,9 @@ def summarize(
     for name in variants:
       mine = [r for r in records if (r['task'], r['attention']) == (task, name)]
       ok = [r for r in mine if r['status'] == 'ok']
-      accs = [100 * r['test_accuracy'] for r in ok if _num(r['test_accuracy'])]
+      accs = _percents(ok, 'test_accuracy')
+      val_mean, val_std = _spread(_percents(ok, 'validation_accuracy'))
+      test_mean, test_std = _spread(accs)
       rows.append(
         {
           'task': task,
@@ -535,10 +539,10 @@ def summarize(
           'n': len(accs),
           'failed': sum(r['status'] == 'failed' for r in mine),
           'missing': sum(r['status'] == 'missing' for r in mine),
-          'test_accuracy_mean_pct': statistics.fmean(accs) if accs else None,
-          'test_accuracy_std_pct': (
-            statistics.stdev(accs) if len(accs) > 1 else None
-          ),
+          'test_accuracy_mean_pct': test_mean,
+          'test_accuracy_std_pct': test_std,
+          'validation_accuracy_mean_pct': val_mean,
+          'validation_accuracy_std_pct': val_std,
           'published_accuracy_pct': PUBLISHED.get(name, {}).get(task),
           'has_published': task in PUBLISHED.get(name, {}),
           'steps_per_sec': _mean(r.get('steps_per_sec') for r in ok),
@@ -555,6 +559,22 @@ def summarize(
         }
       )
   return rows
+
+
+def _percents(records, key: str) -> list[float]:
+  """100 x the finite values of `key` in `records`."""
+  return [100 * r[key] for r in records if _num(r.get(key))]
+
+
+def _spread(values: Sequence[float]) -> tuple[float | None, float | None]:
+  """(mean, sample std): None when there is no value (std: fewer than 2)."""
+  mean = statistics.fmean(values) if values else None
+  return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def _spread_text(mean: float | None, std: float | None) -> str:
+  text = '-' if mean is None else f'{mean:.2f}'
+  return text if std is None else f'{text} ± {std:.2f}'
 
 
 def _num(x) -> bool:
@@ -576,25 +596,29 @@ def _published_text(row: dict[str, Any]) -> str:
 def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
   """The results table, with a caption saying what the numbers are."""
   lines = [
-    '| Task | Attention | n | Test accuracy (%) | LRA Table 1 (%) | Steps/s '
-    '| Peak memory | Failed | Not run |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| Task | Attention | n | Test accuracy (%) | Validation accuracy (%) '
+    '| LRA Table 1 (%) | Steps/s | Peak memory | Failed | Not run |',
+    '|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
-    mean, std = row['test_accuracy_mean_pct'], row['test_accuracy_std_pct']
-    acc = '-' if mean is None else f'{mean:.2f}'
-    if std is not None:
-      acc += f' ± {std:.2f}'
+    acc = _spread_text(
+      row['test_accuracy_mean_pct'], row['test_accuracy_std_pct']
+    )
+    val = _spread_text(
+      row['validation_accuracy_mean_pct'], row['validation_accuracy_std_pct']
+    )
     steps = row['steps_per_sec']
     lines.append(
       f'| {_task_text(row)} | {row["attention"]} | {row["n"]} | {acc} | '
-      f'{_published_text(row)} | {"-" if steps is None else f"{steps:.2f}"} '
+      f'{val} | {_published_text(row)} | '
+      f'{"-" if steps is None else f"{steps:.2f}"} '
       f'| {report.format_bytes(row["peak_memory_bytes"])} | '
       f'{row["failed"] or ""} | {row["missing"] or ""} |'
     )
   caption = (
-    f'Test accuracy of the best-validation checkpoint, mean ± sample std '
-    f'over n seeds{" (lite configs)" if lite else ""}; LRA Table 1: '
+    f'Test accuracy of the best-validation checkpoint and its validation '
+    f'accuracy, mean ± sample std over n seeds'
+    f'{" (lite configs)" if lite else ""}; LRA Table 1: '
     'Transformer = softmax, Performer = favor, Local Att. = local, Sparse '
     'Trans. = sparse, Linear Trans. = linear, the others by their names '
     '(FAIL: chance on Path-X). Steps/s and peak memory: '
