@@ -129,6 +129,11 @@ def base_config() -> ml_collections.ConfigDict:
     init_from: '' or the workdir of an earlier run whose best checkpoint's
       parameters initialize a fresh run (the attention variant may differ:
       see `performer.transfer`); ignored when resuming.
+    pretrain_steps: 0, or self-pretraining steps run before the task (the
+      classification tasks only): a masked-token model on the task's own
+      training inputs (data.mask_rate of their tokens) in
+      <workdir>/pretrain, then the task from its encoder (init_from) in
+      <workdir>; one command runs both (`performer.pretrain`).
     model: `performer.model.default_config()`; vocab_size 0 takes the
       data's vocabulary size, max_len follows data.seq_len and dtype
       follows dtype.
@@ -165,6 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.sample_prompt = ''
   config.sample_temperature = 0.8
   config.init_from = ''
+  config.pretrain_steps = 0
 
   config.data = data.default_config()
   config.model = model.default_config()

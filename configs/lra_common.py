@@ -15,6 +15,15 @@ variant; this module holds what the five share:
   LRA runs used them.
 - `set_lite`: evaluation cadence and example counts of the CPU-sized runs.
 
+Self-pretraining (`pretrain_steps=N` in every task's argument, or
+--config.pretrain_steps=N): N steps of a masked-token model on the task's
+own training inputs, then the task from its encoder, in one command
+(`performer.pretrain`). The masking rates are those of Amos, Berant and
+Gupta (ICLR 2024), `MASK_RATES` (data.mask_rate): 10% of ListOps' tokens,
+15% of the text tasks' bytes (Text; Retrieval's two documents), 50% of the
+pixels (Image, Pathfinder; a masked pixel is predicted among its 256
+levels).
+
 Attention options (checked against lra_benchmarks/models and the per-task
 configs of the public code):
 
@@ -72,6 +81,14 @@ ZOO_OPTIONS = {
   'sinkhorn': {'block_size': 50, 'sinkhorn_iters': 8, 'temperature': 0.75},
   'synthesizer': {'mode': 'random', 'vanilla': True},
 }
+# Self-pretraining's masking rate per dataset (module docstring).
+MASK_RATES = {
+  'listops': 0.10,
+  'imdb': 0.15,
+  'aan': 0.15,
+  'cifar10': 0.50,
+  'pathfinder': 0.50,
+}
 # The LRA Performer default: generalized attention, deterministic ReLU
 # features (see the module docstring).
 FAVOR_OPTIONS = {
@@ -93,7 +110,8 @@ def base_config(
   """The trainer fields every LRA task shares (unlocked; see module doc).
 
   Args:
-    args: the parsed config argument; reads `attention`.
+    args: the parsed config argument; reads `attention` and
+      `pretrain_steps`.
     data_name: the `performer.data` dataset.
     num_classes: labels of the task.
     head: 'classifier' or 'dual_encoder'.
@@ -106,6 +124,8 @@ def base_config(
   config.model.position = 'learned'  # Sized by data.seq_len (a reference).
   config.model.attention = common.check_attention(args.attention)
   set_attention_options(config)
+  config.pretrain_steps = args.pretrain_steps
+  config.data.mask_rate = MASK_RATES[data_name]
 
   config.b1, config.b2, config.eps = ADAM_B1, ADAM_B2, ADAM_EPS
   config.grad_clip_norm = 0.0  # LRA clips only Path-X.

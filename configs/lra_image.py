@@ -23,7 +23,8 @@ for softmax, the slowest variant: dense 1024 x 1024 attention costs about
   python scripts/train.py --config=configs/lra_image.py:attention=softmax,lite
 
 Arguments (after the colon): attention=favor|softmax|local|sparse|...,
-lite (bool).
+lite (bool), pretrain_steps=N (self-pretraining steps first, see
+configs/lra_common.py).
 """
 
 import ml_collections
@@ -36,7 +37,7 @@ EPOCHS = 200
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config; `arg` as described in the module docstring."""
-  args = common.parse_arg(arg, attention='favor', lite=False)
+  args = common.parse_arg(arg, attention='favor', lite=False, pretrain_steps=0)
   config = lra_common.base_config(args, data_name='cifar10', num_classes=10)
   config.data.seq_len = 1024
   # LRA's Sinkhorn used blocks of 64 on CIFAR-10 (32 x 32 = 16 blocks).

@@ -26,7 +26,8 @@ softmax reached 35% validation accuracy after 500 steps (10 classes).
   python scripts/train.py --config=configs/lra_listops.py:attention=softmax,lite
 
 Arguments (after the colon): attention=favor|softmax|local|sparse|...,
-lite (bool).
+lite (bool), pretrain_steps=N (self-pretraining steps first, see
+configs/lra_common.py).
 """
 
 import ml_collections
@@ -47,7 +48,7 @@ LISTOPS_PROJECTION = {k: v for k, v in LISTOPS_FAVOR.items() if k != 'kernel'}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config; `arg` as described in the module docstring."""
-  args = common.parse_arg(arg, attention='favor', lite=False)
+  args = common.parse_arg(arg, attention='favor', lite=False, pretrain_steps=0)
   config = lra_common.base_config(args, data_name='listops', num_classes=10)
   lra_common.set_attention_options(config, favor=LISTOPS_FAVOR)
   # FAVOR++ and FAVOR# draw their features as this FAVOR+ does (2

@@ -38,8 +38,9 @@ Pathfinder needs many epochs before any model leaves 50%.
     --config=configs/lra_pathfinder.py:attention=softmax,lite
 
 Arguments (after the colon): attention=favor|softmax|local|sparse|...,
-lite (bool), size=32|64|128, difficulty=easy|medium|hard ('' = hard, or
-easy with lite).
+lite (bool), pretrain_steps=N (self-pretraining steps first, see
+configs/lra_common.py), size=32|64|128, difficulty=easy|medium|hard ('' =
+hard, or easy with lite).
 """
 
 import ml_collections
@@ -60,7 +61,7 @@ SETTINGS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config; `arg` as described in the module docstring."""
   args = common.parse_arg(
-    arg, attention='favor', lite=False, size=32, difficulty=''
+    arg, attention='favor', lite=False, pretrain_steps=0, size=32, difficulty=''
   )
   if args.size not in SETTINGS:
     raise ValueError(

@@ -24,7 +24,8 @@ schedule; validation on 256 pairs and the test on the first 1,024.
     --config.data.path=/data/lra_release/tsv_data
 
 Arguments (after the colon): attention=favor|softmax|local|sparse|...,
-lite (bool).
+lite (bool), pretrain_steps=N (self-pretraining steps first, see
+configs/lra_common.py).
 """
 
 import ml_collections
@@ -34,7 +35,7 @@ from configs import common, lra_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config; `arg` as described in the module docstring."""
-  args = common.parse_arg(arg, attention='favor', lite=False)
+  args = common.parse_arg(arg, attention='favor', lite=False, pretrain_steps=0)
   config = lra_common.base_config(
     args, data_name='aan', num_classes=2, head='dual_encoder'
   )

@@ -26,7 +26,8 @@ the 400 steps.
   python scripts/train.py --config=configs/lra_text.py:attention=softmax,lite
 
 Arguments (after the colon): attention=favor|softmax|local|sparse|...,
-lite (bool), length=N (bytes per review; 0 = 1000, or 512 with lite).
+lite (bool), pretrain_steps=N (self-pretraining steps first, see
+configs/lra_common.py), length=N (bytes per review; 0 = 1000, or 512 with lite).
 """
 
 import ml_collections
@@ -36,7 +37,9 @@ from configs import common, lra_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config; `arg` as described in the module docstring."""
-  args = common.parse_arg(arg, attention='favor', lite=False, length=0)
+  args = common.parse_arg(
+    arg, attention='favor', lite=False, pretrain_steps=0, length=0
+  )
   if args.length < 0:
     raise ValueError(f'length must be >= 0 (0: the default), got {args.length}')
   config = lra_common.base_config(args, data_name='imdb', num_classes=2)

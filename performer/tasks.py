@@ -72,7 +72,7 @@ TASKS = {
       'mlm',
       head='lm',
       causal=False,
-      inputs=('inputs',),
+      inputs=('inputs', 'mask'),
       sequences=1,
       why='masked tokens are predicted from both sides',
     ),
@@ -118,8 +118,11 @@ def task_of(data_config: Mapping[str, Any]) -> str:
     ValueError: an unknown dataset name.
   """
   name = data_config['name']
+  masked = data_config.get('objective', 'causal') == 'masked'
   if name in data.PROTEIN_NAMES:
-    return 'lm' if data_config.get('objective', 'causal') == 'causal' else 'mlm'
+    return 'mlm' if masked else 'lm'
+  if name in data.CLASSIFICATION_NAMES and masked:
+    return 'mlm'  # Self-pretraining on the task's inputs.
   if name not in _DATA_TASKS:
     valid = sorted([*_DATA_TASKS, *data.PROTEIN_NAMES])
     raise ValueError(f'unknown dataset {name!r}; valid names: {valid}')
@@ -152,7 +155,8 @@ def forward(
 ) -> jax.Array:
   """The model's logits for a batch of `task`.
 
-  - 'lm', 'mlm': 'inputs' [B, L] -> [B, L, V];
+  - 'lm': 'inputs' [B, L] -> [B, L, V];
+  - 'mlm': 'inputs', 'mask' [B, L] -> [B, L, V];
   - 'classification': 'inputs', 'mask' [B, L] -> [B, C];
   - 'retrieval': 'inputs1', 'inputs2', 'mask1', 'mask2' -> [B, C].
   """

@@ -37,7 +37,7 @@ from flax import nnx
 from performer import generate as generate_lib
 from performer import metrics as metrics_lib
 from performer import model as model_lib
-from performer import optim, steps, tasks, transfer, validate
+from performer import optim, pretrain, steps, tasks, transfer, validate
 from performer import parallel as parallel_lib
 from performer import workdir as workdir_lib
 from performer.data import build as data_build
@@ -70,10 +70,15 @@ def train_and_evaluate(
       checkpoints go. A workdir of an earlier run with the same model, data,
       seed and batch size is resumed from its latest checkpoint.
 
+  With `config.pretrain_steps` > 0, two stages: self-pretraining on the
+  task's inputs in <workdir>/pretrain, then the task from its encoder in
+  <workdir> (`performer.pretrain`).
+
   Returns:
     Final metrics: 'step', 'best_step', 'train/<m>' (last logged window),
     'validation/<m>' (last evaluation), 'test/<m>' (best checkpoint),
-    plus 'checkpoint_dir' and, for LMs, the generated 'sample' text.
+    plus 'checkpoint_dir' and, for LMs, the generated 'sample' text;
+    after a pretraining stage also its 'pretrain/<key>' metrics.
     After a SIGTERM: only 'step' (saved in a checkpoint), 'preempted'
     (True) and 'checkpoint_dir'.
 
@@ -85,6 +90,54 @@ def train_and_evaluate(
       (unless config.skip_nonfinite_steps); the message names the step, and
       the checkpoints hold only good steps.
   """
+  if config.get('pretrain_steps', 0):
+    return _pretrain_then_train(config, workdir)
+  return _train_one_stage(config, workdir)
+
+
+def _pretrain_then_train(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+  """Self-pretraining in <workdir>/pretrain, then the task (`pretrain`).
+
+  Both stages' configs are checked before the first stage writes
+  anything, and a workdir that holds a run without a pretraining stage is
+  refused; each stage then checks its own workdir as any run does.
+  """
+  validate.check(config)
+  stage_dir = pretrain.stage_workdir(workdir)
+  first = pretrain.pretraining_config(config)
+  validate.check(first)
+  pretrained = workdir_lib.read_config(stage_dir)
+  second = pretrain.finetuning_config(config, workdir, pretrained)
+  validate.check(second)
+  if workdir_lib.read_config(workdir) is not None and pretrained is None:
+    raise ValueError(
+      f'workdir {workdir} holds a run that was not pretrained here (no '
+      f'{stage_dir}); use another --workdir for a run with '
+      f'pretrain_steps={config.pretrain_steps}'
+    )
+  stage = workdir_lib.read_results(stage_dir)
+  if not pretrain.finished(stage, config.pretrain_steps):
+    stage = _train_one_stage(first, stage_dir)
+    if stage.get('preempted'):
+      return stage
+  second = pretrain.finetuning_config(
+    config, workdir, workdir_lib.read_config(stage_dir)
+  )
+  result = _train_one_stage(second, workdir)
+  if result.get('preempted'):
+    return result
+  result.update(pretrain.prefixed(stage))
+  if jax.process_index() == 0:
+    workdir_lib.write_json(workdir_lib.results_path(workdir), result)
+  return result
+
+
+def _train_one_stage(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+  """`train_and_evaluate` of one run (no pretraining stage)."""
   run = _set_up(config, workdir)
   parallelism = parallel_lib.Parallel(run.config.parallel)
   graphdef, state, ckpts, train_iter, start_step = _restore_or_initialize(

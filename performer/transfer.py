@@ -12,7 +12,9 @@ is drawn from), which keep the destination's fresh values.
   report = transfer.load_pretrained(model, '/tmp/softmax_run')
 
 The trainer does this when `config.init_from` names a workdir. The source
-run is read with `workdir.restore_model` (its model only, read-only).
+run is read with `workdir.restore_model` (its model only, read-only). The
+same path fine-tunes a self-pretrained encoder (`performer.pretrain`):
+between models with different heads only the encoder moves.
 """
 
 import os
@@ -33,6 +35,12 @@ def _flat(module: nnx.Module, kind) -> dict[str, Any]:
   }
 
 
+# Parameters a classifier's encoder has and a language model's has not:
+# the CLS vector (an LM has no CLS token). They keep their fresh values
+# when an LM (self-pretraining) initializes a classifier.
+_CLASSIFIER_ONLY = ('encoder.cls_E',)
+
+
 def load_pretrained(model: nnx.Module, workdir: str) -> dict[str, Any]:
   """Sets the parameters of `model` to those of the run in `workdir`.
 
@@ -40,6 +48,12 @@ def load_pretrained(model: nnx.Module, workdir: str) -> dict[str, Any]:
   exactly (float32 arrays copied bit for bit). Variables that are not
   parameters (FAVOR+'s random projection and seed) keep `model`'s values,
   whether or not the source has them; nothing else changes.
+
+  When the two models have different heads (a masked-token LM pretrained on
+  a task's inputs, loaded into that task's classifier or dual encoder),
+  only the encoder's parameters move: the head, and the CLS vector that an
+  LM's encoder does not have, keep their fresh values ('fresh' in the
+  report).
 
   Args:
     model: the destination, e.g. a FAVOR+ `LanguageModel` whose config
@@ -49,16 +63,19 @@ def load_pretrained(model: nnx.Module, workdir: str) -> dict[str, Any]:
 
   Returns:
     {'source_workdir', 'source_step' (the best-validation checkpoint, else
-    the newest), 'source_attention', 'num_params' (number of arrays),
-    'loaded_values' (number of scalars), 'destination_only' (paths of the
-    destination's non-parameter variables that the source lacks), 'kept'
-    (paths of all the destination's non-parameter variables)}.
+    the newest), 'source_attention', 'scope' ('model', or 'encoder' when
+    the heads differ), 'num_params' (number of arrays loaded),
+    'loaded_values' (number of scalars), 'fresh' (paths of the
+    destination's parameters left as initialized), 'destination_only'
+    (paths of the destination's non-parameter variables that the source
+    lacks), 'kept' (paths of all the destination's non-parameter
+    variables)}.
 
   Raises:
     FileNotFoundError: `workdir` is missing or holds no checkpoint.
-    ValueError: the parameter trees differ: the message names each path
-      whose shapes differ (with both shapes) and the paths that only one
-      side has.
+    ValueError: the parameter trees (of the encoders, when the heads
+      differ) differ: the message names each path whose shapes differ
+      (with both shapes) and the paths that only one side has.
   """
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
@@ -69,27 +86,17 @@ def load_pretrained(model: nnx.Module, workdir: str) -> dict[str, Any]:
   source, config, step = workdir_lib.restore_model(workdir)
   source_params = _flat(source, nnx.Param)
   destination = _flat(model, nnx.Param)
-  missing = sorted(set(destination) - set(source_params))
-  extra = sorted(set(source_params) - set(destination))
-  mismatched = [
-    f'{name}: source {tuple(source_params[name].shape)}, destination '
-    f'{tuple(destination[name].shape)}'
-    for name in sorted(set(source_params) & set(destination))
-    if source_params[name].shape != destination[name].shape
-  ]
-  if missing or extra or mismatched:
-    problems = []
-    if mismatched:
-      problems.append('shapes differ at ' + '; '.join(mismatched))
-    if missing:
-      problems.append(f'parameters missing in the source: {missing}')
-    if extra:
-      problems.append(f'parameters only in the source: {extra}')
-    raise ValueError(
-      f'cannot load the parameters of {workdir} (step {step}) into this '
-      'model: ' + '. '.join(problems) + '. Only the attention may differ '
-      'between the two model configs.'
+  scope = 'model' if type(source) is type(model) else 'encoder'
+  fresh = []
+  if scope == 'encoder':
+    source_params = _in_encoder(source_params)
+    fresh = sorted(
+      name
+      for name in destination
+      if not name.startswith('encoder.') or name in _CLASSIFIER_ONLY
     )
+    destination = {k: v for k, v in destination.items() if k not in fresh}
+  _check_same_tree(source_params, destination, workdir, step, scope)
   for name, var in destination.items():
     var[...] = jnp.asarray(source_params[name][...], dtype=var[...].dtype)
   kept = sorted(_flat(model, nnx.Not(nnx.Param)))
@@ -98,8 +105,46 @@ def load_pretrained(model: nnx.Module, workdir: str) -> dict[str, Any]:
     'source_workdir': workdir,
     'source_step': step,
     'source_attention': config.model.get('attention'),
+    'scope': scope,
     'num_params': len(destination),
     'loaded_values': int(sum(v[...].size for v in destination.values())),
+    'fresh': fresh,
     'destination_only': [name for name in kept if name not in source_others],
     'kept': kept,
   }
+
+
+def _in_encoder(params: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in params.items() if k.startswith('encoder.')}
+
+
+def _check_same_tree(source_params, destination, workdir, step, scope):
+  """Raises ValueError naming every path where the two trees differ."""
+  missing = sorted(set(destination) - set(source_params))
+  extra = sorted(set(source_params) - set(destination))
+  mismatched = [
+    f'{name}: source {tuple(source_params[name].shape)}, destination '
+    f'{tuple(destination[name].shape)}'
+    for name in sorted(set(source_params) & set(destination))
+    if source_params[name].shape != destination[name].shape
+  ]
+  if not (missing or extra or mismatched):
+    return
+  problems = []
+  if mismatched:
+    problems.append('shapes differ at ' + '; '.join(mismatched))
+  if missing:
+    problems.append(f'parameters missing in the source: {missing}')
+  if extra:
+    problems.append(f'parameters only in the source: {extra}')
+  which = (
+    'Only the attention may differ between the two model configs.'
+    if scope == 'model'
+    else 'The heads differ, so only the encoders are compared: they must '
+    'have the same shape (emb_dim, num_heads, num_layers, qkv_dim, '
+    'mlp_dim, vocab_size, max_len, position).'
+  )
+  raise ValueError(
+    f'cannot load the parameters of {workdir} (step {step}) into this '
+    'model: ' + '. '.join(problems) + f'. {which}'
+  )

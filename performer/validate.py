@@ -137,6 +137,37 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   found.messages += data_messages
   if not data_messages:
     found.messages += _task_problems(config)
+    found.messages += _pretraining_problems(config)
+  return found.messages
+
+
+def _pretraining_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """pretrain_steps: a count, for a task that can pretrain on its inputs."""
+  found = _Problems()
+  if not found.int_at_least(config, 'pretrain_steps', 0):
+    return found.messages
+  steps, name = config.pretrain_steps, config.data.name
+  if steps == 0:
+    return found.messages
+  found.need(
+    name in data.CLASSIFICATION_NAMES,
+    f'pretrain_steps={steps} applies to the classification tasks '
+    f'{data.CLASSIFICATION_NAMES}, which pretrain on their own inputs; '
+    f'{name!r} is a {tasks.task_of(config.data)!r} task already (set '
+    'pretrain_steps=0)',
+  )
+  found.need(
+    config.data.objective == 'causal',
+    f'pretrain_steps={steps} with data.objective='
+    f'{config.data.objective!r}: leave data.objective at its default '
+    "'causal' (the task itself); the pretraining stage sets 'masked'",
+  )
+  found.need(
+    not config.init_from,
+    f'pretrain_steps={steps} and init_from={config.init_from!r} are both '
+    'set; the fine-tuning stage starts from the pretraining stage, so give '
+    'one of them',
+  )
   return found.messages
 
 
@@ -358,10 +389,12 @@ def data_problems(config: Mapping[str, Any], prefix='data.') -> list[str]:
     f'it applies to {", ".join(_PATH_NAMES)}',
   )
   if found.choice(c, 'objective', data.OBJECTIVES):
+    maskable = data.PROTEIN_NAMES + data.CLASSIFICATION_NAMES
     found.need(
-      c['objective'] == 'causal' or c['name'] in data.PROTEIN_NAMES,
-      f'objective={c["objective"]!r} applies to {data.PROTEIN_NAMES} only, '
-      f'not {c["name"]!r}',
+      c['objective'] == 'causal' or c['name'] in maskable,
+      f'objective={c["objective"]!r} applies to {maskable} only, not '
+      f'{c["name"]!r} (a language-model corpus trains next-token '
+      "prediction: objective='causal')",
     )
   found.number_in(c, 'mask_rate', 0, 1, low_open=True, high_open=True)
   for key in ('num_train', 'num_validation', 'num_test', 'min_length'):

@@ -8,11 +8,18 @@ that its peak memory is its own:
     --config.seed=<s> --workdir=<root>/<task>/<a>/seed<s> [overrides]
 
 and writes, under --out, results.json (every run's record and the
-summary), results.csv and results.md (per task and variant: test accuracy
-mean and sample standard deviation over the seeds that finished, their
-number n, training steps per second, peak memory, and the published LRA
-Table 1 accuracy beside ours) and accuracy.png (grouped bars with error
-bars, published numbers as markers).
+summary), results.csv and results.md (per task and variant: test and
+validation accuracy, mean and sample standard deviation over the seeds
+that finished, their number n, training steps per second, minutes, peak
+memory, and the published LRA Table 1 accuracy beside ours) and
+accuracy.png (grouped bars with error bars, published numbers as
+markers).
+
+--pretrain_steps=0,N adds, per variant, a row of runs that first
+self-pretrain for N steps (a masked-token model on the task's own inputs,
+then the task from its encoder, one run: performer/pretrain.py), labelled
+<variant>+pretrain<N>, with the pretraining stage's masked-token
+accuracy in its own column.
 
   python scripts/compare.py --tasks=listops,text,retrieval,image,pathfinder \
     --attention=softmax,favor,local,sparse --seeds=0,1 --lite \
@@ -62,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument('--seeds', default='0,1', help='comma-separated ints.')
   p.add_argument(
+    '--pretrain_steps',
+    default='0',
+    help='comma-separated ints >= 0: a row per variant and value, N > 0 '
+    'self-pretraining for N steps on the masked task inputs before the '
+    'task, in one run (0: from scratch), e.g. 0,500.',
+  )
+  p.add_argument(
     '--lite', action='store_true', help="the configs' CPU-sized variant."
   )
   p.add_argument(
@@ -109,6 +123,7 @@ def make_plan(args: argparse.Namespace) -> lra_grid.Plan:
     collect_only=args.collect_only,
     previous=args.previous,
     overrides=args.override,
+    pretrain_steps=args.pretrain_steps,
   )
 
 

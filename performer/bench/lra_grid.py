@@ -6,6 +6,12 @@ that its peak memory is its own:
   python scripts/train.py --config=configs/lra_<task>.py:attention=<a>[,lite]
     --config.seed=<s> --workdir=<root>/<task>/<a>/seed<s> [overrides]
 
+With self-pretraining (`pretrain_steps` N > 0: a masked-token stage on the
+task's inputs, then the task, in one run; `performer.pretrain`) the
+argument gains `pretrain_steps=N` and the row its label: variant
+'<a>+pretrain<N>', workdir <root>/<task>/<a>+pretrain<N>/seed<s>. Its
+record holds both stages' results.
+
 `make_plan` lists the runs, `collect` runs what has no results yet (or only
 reads the workdirs) and returns one record per run, and `write_outputs`
 writes results.json (every run's record and the summary), results.csv,
@@ -137,11 +143,21 @@ PUBLISHED = {
     'pathx': None,
   },
 }
+# Record field (after 'pretrain_') -> results.json key (after 'pretrain/').
+PRETRAIN_FIELDS = {
+  'validation_accuracy': 'validation/accuracy',
+  'validation_loss': 'validation/loss',
+  'steps_per_sec': 'train/steps_per_sec',
+  'wall_time_sec': 'wall_time_sec',
+  'step': 'step',
+}
 ERROR_FILE = 'compare_error.json'
 LOG_FILE = 'compare.log'
 CSV_FIELDS = (
   'task',
+  'variant',
   'attention',
+  'pretrain_steps',
   'n',
   'failed',
   'missing',
@@ -149,6 +165,8 @@ CSV_FIELDS = (
   'test_accuracy_std_pct',
   'validation_accuracy_mean_pct',
   'validation_accuracy_std_pct',
+  'pretrain_accuracy_mean_pct',
+  'pretrain_accuracy_std_pct',
   'published_accuracy_pct',
   'steps_per_sec',
   'peak_memory_bytes',
@@ -156,6 +174,19 @@ CSV_FIELDS = (
   'standin_data',
   'recorded',
 )
+
+
+def variant_label(attention_name: str, pretrain_steps: int) -> str:
+  """'favor', or 'favor+pretrain500' for a self-pretrained run."""
+  if pretrain_steps:
+    return f'{attention_name}+pretrain{pretrain_steps}'
+  return attention_name
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
+  """(task, variant label, seed) of a run record (old ones: no pretraining)."""
+  label = variant_label(record.get('attention'), record.get('pretrain_steps'))
+  return record.get('task'), label, record.get('seed')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +201,12 @@ class Run:
   command: tuple[str, ...]
   # The workdir as records name it (see `recorded_workdir`).
   name: str = ''
+  pretrain_steps: int = 0
+
+  @property
+  def variant(self) -> str:
+    """The row this run belongs to (`variant_label`)."""
+    return variant_label(self.attention, self.pretrain_steps)
 
   def recorded_command(self) -> str:
     """The command as records hold it: portable, not this machine's."""
@@ -181,13 +218,13 @@ class Plan:
   """The validated grid."""
 
   tasks: list[str]
-  variants: list[str]
+  variants: list[str]  # Row labels: attention variants (+pretrain<N>).
   runs: list[Run]
   root: str
   out: str
   lite: bool
   collect_only: bool
-  # (task, attention, seed) -> a finished run's record from --previous.
+  # (task, variant label, seed) -> a finished run's record, --previous.
   previous: dict[tuple[str, str, int], dict[str, Any]] = dataclasses.field(
     default_factory=dict
   )
@@ -204,6 +241,7 @@ def make_plan(
   collect_only: bool = False,
   previous: Sequence[str] = (),
   overrides: Sequence[str] = (),
+  pretrain_steps: str = '0',
 ) -> Plan:
   """Validates the grid and lists its runs, before anything runs.
 
@@ -217,6 +255,8 @@ def make_plan(
     collect_only: read existing workdirs; run nothing.
     previous: results.json files of earlier grids (`read_previous`).
     overrides: '[TASK:]KEY=VALUE' config overrides.
+    pretrain_steps: comma-separated ints >= 0: a row per variant and value
+      (0: from scratch).
 
   Raises:
     ValueError: naming the bad value (with its flag) and the valid ones.
@@ -233,6 +273,17 @@ def make_plan(
       seed_list.append(int(text))
     except ValueError:
       raise ValueError(f'--seeds: {text!r} is not an int') from None
+  pretrain_list = []
+  for text in _unique(flags.split_list(pretrain_steps, '--pretrain_steps')):
+    try:
+      value = int(text)
+    except ValueError:
+      value = -1
+    if value < 0:
+      raise ValueError(
+        f'--pretrain_steps: {text!r} is not an int >= 0 (0 = from scratch)'
+      )
+    pretrain_list.append(value)
   for flag, path in (('--root', root), ('--out', out)):
     if os.path.exists(path) and not os.path.isdir(path):
       raise ValueError(f'{flag}={path} is a file; it must be a folder')
@@ -242,33 +293,38 @@ def make_plan(
   for task in tasks:
     path, extra = TASKS[task]
     for name in variants:
-      arg = ','.join(
-        x for x in (f'attention={name}', extra, 'lite' * lite) if x
-      )
-      for seed in _unique(seed_list):
-        run_dir = os.path.join(root, task, name, f'seed{seed}')
-        command = (
-          sys.executable,
-          TRAIN_SCRIPT,
-          f'--config={path}:{arg}',
-          f'--config.seed={seed}',
-          f'--workdir={run_dir}',
-          *(f'--config.{kv}' for t, kv in parsed if t in ('', task)),
+      for steps in pretrain_list:
+        pretrain = f'pretrain_steps={steps}' if steps else ''
+        arg = ','.join(
+          x for x in (f'attention={name}', extra, 'lite' * lite, pretrain) if x
         )
-        runs.append(
-          Run(
-            task,
-            name,
-            seed,
-            run_dir,
-            command,
-            recorded_workdir(run_dir, root),
+        label = variant_label(name, steps)
+        for seed in _unique(seed_list):
+          run_dir = os.path.join(root, task, label, f'seed{seed}')
+          command = (
+            sys.executable,
+            TRAIN_SCRIPT,
+            f'--config={path}:{arg}',
+            f'--config.seed={seed}',
+            f'--workdir={run_dir}',
+            *(f'--config.{kv}' for t, kv in parsed if t in ('', task)),
           )
-        )
+          runs.append(
+            Run(
+              task,
+              name,
+              seed,
+              run_dir,
+              command,
+              recorded_workdir(run_dir, root),
+              steps,
+            )
+          )
   finished = {}
   for path in previous:
     finished.update(read_previous(path, lite))
-  return Plan(tasks, variants, runs, root, out, lite, collect_only, finished)
+  labels = [variant_label(n, s) for n in variants for s in pretrain_list]
+  return Plan(tasks, labels, runs, root, out, lite, collect_only, finished)
 
 
 def recorded_workdir(path: str, root: str) -> str:
@@ -326,8 +382,8 @@ def read_previous(path: str, lite: bool) -> dict[tuple, dict[str, Any]]:
     lite: the --lite of this grid; the file's must be the same.
 
   Returns:
-    (task, attention, seed) -> the run's record, with `recorded_in` (the
-    first file that recorded it) added.
+    `record_key` (task, variant label, seed) -> the run's record, with
+    `recorded_in` (the first file that recorded it) added.
 
   Raises:
     ValueError: the file is missing, is not such a results file, or was
@@ -357,8 +413,7 @@ def read_previous(path: str, lite: bool) -> dict[tuple, dict[str, Any]]:
   finished = {}
   for record in data['runs']:
     if isinstance(record, dict) and record.get('status') == 'ok':
-      key = tuple(record.get(k) for k in ('task', 'attention', 'seed'))
-      finished[key] = portable_record(
+      finished[record_key(record)] = portable_record(
         {
           **record,
           'recorded_in': record.get('recorded_in') or os.path.abspath(path),
@@ -419,12 +474,10 @@ def collect(
   runner = runner or run_command  # Looked up here: tests replace it.
   records = []
   for i, run in enumerate(plan.runs):
-    name = (
-      f'[{i + 1}/{len(plan.runs)}] {run.task}/{run.attention}/seed{run.seed}'
-    )
+    name = f'[{i + 1}/{len(plan.runs)}] {run.task}/{run.variant}/seed{run.seed}'
     results_path = workdir.results_path(run.workdir)
     error_path = os.path.join(run.workdir, ERROR_FILE)
-    recorded = plan.previous.get((run.task, run.attention, run.seed))
+    recorded = plan.previous.get((run.task, run.variant, run.seed))
     if recorded and not os.path.exists(results_path):
       report.log(f'{name}: ok, recorded in {recorded["recorded_in"]}')
       records.append(recorded)
@@ -456,6 +509,7 @@ def _record(run: Run, results_path: str, error_path: str) -> dict[str, Any]:
   record = {
     'task': run.task,
     'attention': run.attention,
+    'pretrain_steps': run.pretrain_steps,
     'seed': run.seed,
     'workdir': run.name,
     'command': run.recorded_command(),
@@ -473,6 +527,14 @@ def _record(run: Run, results_path: str, error_path: str) -> dict[str, Any]:
       step=results.get('step'),
       best_step=results.get('best_step'),
     )
+    if run.pretrain_steps:
+      # The masked-token stage (its accuracy is over the masked tokens).
+      record.update(
+        {
+          f'pretrain_{key}': results.get(f'pretrain/{name}')
+          for key, name in PRETRAIN_FIELDS.items()
+        }
+      )
   elif os.path.exists(error_path):
     record.update(
       status='failed', error=workdir.read_json(error_path).get('error')
@@ -526,16 +588,20 @@ def summarize(
   """
   rows = []
   for task in tasks:
-    for name in variants:
-      mine = [r for r in records if (r['task'], r['attention']) == (task, name)]
+    for label in variants:
+      mine = [r for r in records if record_key(r)[:2] == (task, label)]
       ok = [r for r in mine if r['status'] == 'ok']
+      name = mine[0]['attention'] if mine else label
       accs = _percents(ok, 'test_accuracy')
       val_mean, val_std = _spread(_percents(ok, 'validation_accuracy'))
       test_mean, test_std = _spread(accs)
+      pre_mean, pre_std = _spread(_percents(ok, 'pretrain_validation_accuracy'))
       rows.append(
         {
           'task': task,
+          'variant': label,
           'attention': name,
+          'pretrain_steps': mine[0].get('pretrain_steps', 0) if mine else 0,
           'n': len(accs),
           'failed': sum(r['status'] == 'failed' for r in mine),
           'missing': sum(r['status'] == 'missing' for r in mine),
@@ -543,11 +609,13 @@ def summarize(
           'test_accuracy_std_pct': test_std,
           'validation_accuracy_mean_pct': val_mean,
           'validation_accuracy_std_pct': val_std,
+          'pretrain_accuracy_mean_pct': pre_mean,
+          'pretrain_accuracy_std_pct': pre_std,
           'published_accuracy_pct': PUBLISHED.get(name, {}).get(task),
           'has_published': task in PUBLISHED.get(name, {}),
           'steps_per_sec': _mean(r.get('steps_per_sec') for r in ok),
           'peak_memory_bytes': _mean(r.get('peak_memory_bytes') for r in ok),
-          'wall_time_sec': _mean(r.get('wall_time_sec') for r in ok),
+          'wall_time_sec': _mean(_total_wall_time(r) for r in ok),
           'standin_data': any(r.get('standin_data') for r in ok),
           'recorded': sum(bool(r.get('recorded_in')) for r in ok),
           'recorded_in': sorted(
@@ -559,6 +627,15 @@ def summarize(
         }
       )
   return rows
+
+
+def _total_wall_time(record: dict[str, Any]) -> float | None:
+  """Seconds of a run, its pretraining stage included."""
+  total = record.get('wall_time_sec')
+  pretraining = record.get('pretrain_wall_time_sec')
+  if _num(total) and _num(pretraining):
+    return total + pretraining
+  return total
 
 
 def _percents(records, key: str) -> list[float]:
@@ -597,8 +674,9 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
   """The results table, with a caption saying what the numbers are."""
   lines = [
     '| Task | Attention | n | Test accuracy (%) | Validation accuracy (%) '
-    '| LRA Table 1 (%) | Steps/s | Peak memory | Failed | Not run |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| Pretraining accuracy (%) | LRA Table 1 (%) | Steps/s | Minutes '
+    '| Peak memory | Failed | Not run |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in rows:
     acc = _spread_text(
@@ -607,22 +685,28 @@ def markdown(rows: Sequence[dict[str, Any]], lite: bool) -> str:
     val = _spread_text(
       row['validation_accuracy_mean_pct'], row['validation_accuracy_std_pct']
     )
-    steps = row['steps_per_sec']
+    pre = _spread_text(
+      row['pretrain_accuracy_mean_pct'], row['pretrain_accuracy_std_pct']
+    )
+    steps, seconds = row['steps_per_sec'], row['wall_time_sec']
     lines.append(
-      f'| {_task_text(row)} | {row["attention"]} | {row["n"]} | {acc} | '
-      f'{val} | {_published_text(row)} | '
-      f'{"-" if steps is None else f"{steps:.2f}"} '
+      f'| {_task_text(row)} | {row["variant"]} | {row["n"]} | {acc} | '
+      f'{val} | {pre} | {_published_text(row)} | '
+      f'{"-" if steps is None else f"{steps:.2f}"} | '
+      f'{"-" if seconds is None else f"{seconds / 60:.1f}"} '
       f'| {report.format_bytes(row["peak_memory_bytes"])} | '
       f'{row["failed"] or ""} | {row["missing"] or ""} |'
     )
   caption = (
     f'Test accuracy of the best-validation checkpoint and its validation '
     f'accuracy, mean ± sample std over n seeds'
-    f'{" (lite configs)" if lite else ""}; LRA Table 1: '
+    f'{" (lite configs)" if lite else ""}; <variant>+pretrain<N>: after N '
+    'steps of self-pretraining on the masked inputs, whose masked-token '
+    'validation accuracy is the pretraining accuracy; LRA Table 1: '
     'Transformer = softmax, Performer = favor, Local Att. = local, Sparse '
     'Trans. = sparse, Linear Trans. = linear, the others by their names '
-    '(FAIL: chance on Path-X). Steps/s and peak memory: '
-    'means over the seeds.'
+    '(FAIL: chance on Path-X). Steps/s (of the task), minutes (pretraining '
+    'included) and peak memory: means over the seeds.'
   )
   if any(row['standin_data'] for row in rows):
     caption += (
@@ -668,10 +752,10 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
   """Grouped bars of test accuracy per task, published values as markers."""
   plt = plots.pyplot()
   tasks = list(dict.fromkeys(r['task'] for r in rows))
-  variants = list(dict.fromkeys(r['attention'] for r in rows))
+  variants = list(dict.fromkeys(r['variant'] for r in rows))
   width = 0.8 / max(1, len(variants))
   fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 4))
-  by_key = {(r['task'], r['attention']): r for r in rows}
+  by_key = {(r['task'], r['variant']): r for r in rows}
   marked = False
   for j, name in enumerate(variants):
     offset = (j - (len(variants) - 1) / 2) * width
@@ -740,11 +824,7 @@ def check_outputs(plan: Plan, records: Sequence[dict[str, Any]]) -> None:
     raise RefusedToWrite(
       f'{e}; {path} is not replaced by results of this grid.'
     ) from None
-  finished = {
-    (r['task'], r['attention'], r['seed'])
-    for r in records
-    if r['status'] == 'ok'
-  }
+  finished = {record_key(r) for r in records if r['status'] == 'ok'}
   lost = [key for key in existing if key not in finished]
   if lost:
     names = ', '.join(f'{t}/{a}/seed{s}' for t, a, s in lost[:5])

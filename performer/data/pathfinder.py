@@ -650,5 +650,6 @@ def create(c, **options) -> classification.ClassificationDatasets:
     splits=splits,
     vocab_size=VOCAB_SIZE,
     num_classes=NUM_CLASSES,
+    first_token=0,  # Pixel levels; no padding.
     **options,
   )

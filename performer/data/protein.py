@@ -62,8 +62,9 @@ Examples (`ProteinDatasets`):
   the tokens [bos, a1, ..., an, eos] (first seq_len of them); each amino
   acid (never a special token) is selected with probability mask_rate;
   a selected one is replaced by the mask token (80%), a random letter
-  (10%, uniform over the 25) or kept (10%). Targets are the original
-  tokens; weights are 1 at the selected positions only. Training masks
+  (10%, uniform over the 25) or kept (10%) (`masking.corrupt`). Targets
+  are the original tokens; weights are 1 at the selected positions only;
+  'mask' is True at the real tokens (the model's padding mask). Training masks
   come from grain's per-record generator (seeded by the loader seed and
   the record's position in the shuffled stream: new masks every epoch,
   replayed exactly after a restore); evaluation masks are seeded by the
@@ -89,7 +90,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from performer import tasks
-from performer.data import OBJECTIVES, lm, loader, tfds_source
+from performer.data import OBJECTIVES, lm, loader, masking, tfds_source
 from performer.data.loader import SPLITS
 
 TFDS_NAME = 'protein_fasta'
@@ -103,10 +104,8 @@ VOCAB_SIZE = FIRST_LETTER + len(AMINO_ACIDS)
 
 # Split buckets of the id hash, out of 100.
 TRAIN_BUCKETS, VALIDATION_BUCKETS = 90, 5
-# Replacement of selected tokens in masked examples: mask, random, keep.
-MASK_PROB, RANDOM_PROB = 0.8, 0.1
-# Seeds evaluation masks (with the example index), apart from training's.
-EVAL_MASK_SEED = 20210301
+# Seeds evaluation masks (with the example index), as for every masked task.
+EVAL_MASK_SEED = masking.EVAL_MASK_SEED
 
 # Byte -> token id; -1 for bytes that are no amino-acid letter.
 _LUT = np.full(256, -1, np.int16)
@@ -473,25 +472,19 @@ def masked_example(
   """BERT-style masked example of `tokens` (cut or padded to `seq_len`)."""
   tokens = np.asarray(tokens, np.int32)[:seq_len]
   n = len(tokens)
-  targets = np.zeros(seq_len, np.int32)
-  targets[:n] = tokens
-  # Draw all randomness at full length, so a position's fate does not
-  # depend on the sequence's length.
-  select_u = rng.random(seq_len)
-  action_u = rng.random(seq_len)
-  random_letters = rng.integers(FIRST_LETTER, VOCAB_SIZE, seq_len)
-  selected = (select_u < mask_rate) & (targets >= FIRST_LETTER)
-  inputs = targets.copy()
-  to_mask = selected & (action_u < MASK_PROB)
-  to_random = selected & (action_u >= MASK_PROB)
-  to_random &= action_u < MASK_PROB + RANDOM_PROB
-  inputs[to_mask] = MASK
-  inputs[to_random] = random_letters[to_random]
-  return {
-    'inputs': inputs,
-    'targets': targets,
-    'weights': selected.astype(np.float32),
-  }
+  padded = np.zeros(seq_len, np.int32)
+  padded[:n] = tokens
+  real = np.arange(seq_len) < n
+  example = masking.corrupt(
+    padded,
+    padded >= FIRST_LETTER,  # Amino acids only, never a special token.
+    mask_rate=mask_rate,
+    mask_id=MASK,
+    random_low=FIRST_LETTER,
+    random_high=VOCAB_SIZE,
+    rng=rng,
+  )
+  return {**example, 'mask': real}
 
 
 def protein_tokens(record: dict) -> np.ndarray:
@@ -680,6 +673,8 @@ class ProteinDatasets(loader.Datasets):
       'targets': np.zeros(seq_len, np.int32),
       'weights': np.zeros(seq_len, np.float32),
     }
+    if self.objective == 'masked':
+      padding['mask'] = np.zeros(seq_len, bool)
     return self._sharded_batches(num, example, padding, max_batches)
 
   def encode(self, text: str) -> np.ndarray:
