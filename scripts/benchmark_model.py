@@ -25,7 +25,9 @@ Variants (--variants):
     unchanged, so the block keeps its query, key, value and output
     projections and its MLP, and only the attention computation is gone.
 FAVOR+ uses --num_features random features (orthogonal, the registry's
-defaults otherwise).
+defaults otherwise). --remat=off,on runs each variant without and with
+per-block rematerialization (model.remat: the backward pass recomputes
+each block from its input), rows '<variant>+remat'.
 
 The identity is a benchmark-only module swapped into the built model
 (`IdentityAttention`), not a registered variant: it is not attention (it
@@ -64,6 +66,15 @@ CPU run of docs/benchmarks/model_cpu.* (8 minutes on 2 shared cores):
 
 On a GPU, to the paper's lengths (until the memory runs out), leave
 --max_length at its default 65536 and --max_peak_gib unset.
+
+The longest sequence each variant trains at within 4 GiB, with and
+without rematerialization (docs/benchmarks/remat_cpu.*):
+
+  python scripts/benchmark_model.py --settings small \
+    --variants softmax,favor_softmax,local,sparse --remat off,on \
+    --min_length 1024 --max_length 131072 --repeats 1 --warmup 0 \
+    --max_peak_gib 4 --json docs/benchmarks/remat_cpu.json \
+    --png docs/benchmarks/remat_cpu.png --markdown docs/benchmarks/remat_cpu.md
 """
 
 import argparse
@@ -105,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--num_features', type=int, default=256, help='FAVOR+ M.')
   p.add_argument('--window', type=int, default=256, help='local window.')
   p.add_argument('--block_size', type=int, default=64, help='sparse block.')
+  p.add_argument(
+    '--remat',
+    default='off',
+    help='comma-separated from off,on: per-block rematerialization '
+    "(model.remat); 'on' rows are labelled <variant>+remat.",
+  )
   flags.add_timing_flags(p, repeats=3)
   flags.add_memory_budget_flag(p)
   flags.add_output_flags(p, ('json', 'png', 'markdown'))

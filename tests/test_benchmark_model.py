@@ -156,3 +156,29 @@ def test_bad_flags_name_the_value(flag, message, capsys):
     script.main([flag])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_remat_rows_keep_less_for_the_backward_pass():
+  """--remat=off,on: '+remat' rows, whose backward pass keeps only the
+  blocks' inputs (and the parameters), not every block's activations."""
+  args = TINY + ['--num_layers=2', '--variants=softmax,favor_softmax']
+  records = script.main(args + ['--remat=off,on'])
+  by_variant = {r['variant']: r for r in records}
+  assert sorted(by_variant) == [
+    'favor_softmax',
+    'favor_softmax+remat',
+    'softmax',
+    'softmax+remat',
+  ]
+  for name in ('softmax', 'favor_softmax'):
+    plain, remat = by_variant[name], by_variant[name + '+remat']
+    assert plain['status'] == remat['status'] == 'ok'
+    assert (plain['remat'], remat['remat']) == (False, True)
+    assert remat['num_params'] == plain['num_params']
+    assert 0 < remat['residual_bytes'] < plain['residual_bytes']
+
+
+def test_remat_flag_names_the_bad_value(capsys):
+  with pytest.raises(SystemExit):
+    script.main(TINY + ['--remat=maybe'])
+  assert 'maybe' in capsys.readouterr().err

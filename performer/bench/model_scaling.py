@@ -34,6 +34,8 @@ VARIANTS = {
   'identity': None,
 }
 VOCAB_SIZE = 256
+# --remat values: model.remat off or on.
+REMAT = ('off', 'on')
 
 
 class IdentityAttention(nnx.Module):
@@ -59,6 +61,8 @@ class Plan:
   window: int
   block_size: int
   timing: timing.Settings
+  # Per-block rematerialization settings to run (model.remat).
+  remat: list[bool] = dataclasses.field(default_factory=lambda: [False])
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -93,6 +97,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
   while length <= max(max_length.values()):
     lengths.append(length)
     length *= 2
+  remat = [
+    {'off': False, 'on': True}[x]
+    for x in _choices(getattr(args, 'remat', 'off'), REMAT, '--remat')
+  ]
   return Plan(
     settings=settings,
     variants=variants,
@@ -104,12 +112,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
     window=args.window,
     block_size=args.block_size,
     timing=timed,
+    remat=list(dict.fromkeys(remat)),
   )
 
 
-def model_config(plan: Plan, setting: str, variant: str, length: int):
+def model_config(
+  plan: Plan, setting: str, variant: str, length: int, remat: bool = False
+):
   """The model config of one benchmark config (identity: built as softmax)."""
   config = model_lib.default_config()
+  config.remat = remat
   sizes = SETTINGS[setting]
   config.vocab_size = VOCAB_SIZE
   config.max_len = length
@@ -141,9 +153,11 @@ def attention_options(plan: Plan, variant: str) -> dict[str, Any]:
   return {}
 
 
-def build_model(plan: Plan, setting: str, variant: str, length: int):
+def build_model(
+  plan: Plan, setting: str, variant: str, length: int, remat: bool = False
+):
   """The model of one config, with the identity swapped in if asked for."""
-  config = model_config(plan, setting, variant, length)
+  config = model_config(plan, setting, variant, length, remat)
   model = model_lib.create_model(config, rngs=nnx.Rngs(plan.timing.seed))
   if VARIANTS[variant] is None:
     blocks = [
@@ -154,13 +168,32 @@ def build_model(plan: Plan, setting: str, variant: str, length: int):
   return model
 
 
-def _forward_backward_fn(graphdef, rest):
+def _loss_fn(graphdef, rest):
   def loss(params, tokens_BL):
-    model = nnx.merge(graphdef, params, rest)
+    # copy=True, as the trainer does: fresh variables at this trace level,
+    # which a rematerialized block may update (FAVOR+'s projection).
+    model = nnx.merge(graphdef, params, rest, copy=True)
     logits_BLV = model(tokens_BL)
     return optax.softmax_cross_entropy_with_integer_labels(
       logits_BLV, tokens_BL
     ).mean()
+
+  return loss
+
+
+def residual_bytes(loss: Callable, *args) -> int:
+  """Bytes the backward pass keeps from the forward pass (JAX's view).
+
+  The leaves of the VJP closure, shapes only (nothing runs): what
+  rematerialization removes, whatever the compiler's scheduling then does
+  with the peak (see docs/benchmarks.md).
+  """
+  shapes = jax.eval_shape(lambda *a: jax.vjp(loss, *a)[1], *args)
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+
+
+def _forward_backward_fn(graphdef, rest):
+  loss = _loss_fn(graphdef, rest)
 
   def fwd_bwd(params, tokens_BL):
     return jax.value_and_grad(loss)(params, tokens_BL)
@@ -175,12 +208,17 @@ def benchmark_config(
   length: int,
   info: dict[str, Any],
   skip: str | None = None,
+  remat: bool = False,
 ) -> dict[str, Any]:
-  """Benchmarks one (setting, variant, length); never raises for a config."""
+  """Benchmarks one (setting, variant, length); never raises for a config.
+
+  With `remat` the record's variant is labelled '<variant>+remat'.
+  """
   sizes = SETTINGS[setting]
   record = {
     'setting': setting,
-    'variant': variant,
+    'variant': variant + '+remat' * remat,
+    'remat': remat,
     'attention': VARIANTS[variant] or 'identity',
     'options': attention_options(plan, variant),
     'length': length,
@@ -196,6 +234,7 @@ def benchmark_config(
     'fwd_bwd_ms_min': None,
     'compile_s': None,
     'peak_bytes': None,
+    'residual_bytes': None,
     'memory': None,
     'num_params': None,
     **plan.timing.record_fields(info),
@@ -205,11 +244,14 @@ def benchmark_config(
     return record
 
   def build():
-    model = build_model(plan, setting, variant, length)
+    model = build_model(plan, setting, variant, length, remat)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     record['num_params'] = sum(x.size for x in jax.tree.leaves(params))
     tokens_BL = jax.random.randint(
       jax.random.key(plan.timing.seed), (plan.batch, length), 0, VOCAB_SIZE
+    )
+    record['residual_bytes'] = residual_bytes(
+      _loss_fn(graphdef, rest), params, tokens_BL
     )
     return _forward_backward_fn(graphdef, rest), (params, tokens_BL)
 
@@ -234,18 +276,26 @@ def execute(
   """
   info = timing.device_info()
   configs = [
-    (setting, variant, length)
+    (setting, variant, remat, length)
     for setting in plan.settings
     for variant in plan.variants
+    for remat in plan.remat
     for length in plan.lengths
     if length <= plan.max_length[setting]
   ]
+
+  def run(config, skip):
+    setting, variant, remat, length = config
+    return benchmark_config(
+      plan, setting, variant, length, info, skip, remat=remat
+    )
+
   return grid.execute(
     configs,
-    lambda config, skip: benchmark_config(plan, *config, info, skip),
+    run,
     describe=_progress,
     on_record=on_record,
-    group=lambda config: config[:2],
+    group=lambda config: config[:3],
     stop_reason=_did_not_fit,
   )
 
@@ -283,8 +333,30 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         cells.append(_cell(r))
       lines.append(f'| {variant} | ' + ' | '.join(cells) + ' |')
     lines.append('')
+    lines += _longest_fit_lines(rs, variants)
   lines += report.reason_notes(records, _head)
   return '\n'.join(lines).rstrip('\n') + '\n'
+
+
+def _longest_fit_lines(rs, variants) -> list[str]:
+  """Per variant, the longest length that ran (within the budget) and
+  what its backward pass keeps there."""
+  cells = []
+  for variant in variants:
+    mine = [r for r in rs if r['variant'] == variant]
+    ok = [r for r in mine if r['status'] == 'ok']
+    if not ok:
+      cells.append(f'{variant} none')
+      continue
+    best = max(ok, key=lambda r: r['length'])
+    cell = f'{variant} {best["length"]}'
+    if best['length'] == max(r['length'] for r in mine):
+      cell += ' (the longest tried)'
+    if best.get('residual_bytes'):
+      kept = report.format_bytes(best['residual_bytes'])
+      cell += f', {kept} kept for the backward pass'
+    cells.append(cell)
+  return ['Longest length that ran: ' + '; '.join(cells) + '.', '']
 
 
 def plot(records: Sequence[dict[str, Any]], path: str) -> None:
