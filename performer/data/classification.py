@@ -123,14 +123,9 @@ class ClassificationDatasets(loader.Datasets):
     self._padding = {k: np.zeros_like(v) for k, v in padding.items()}
 
   def _open_train_loader(self) -> grain.DataLoader:
-    train = self.splits['train']
-    if len(train) < self.shard_count * self.batch_size:
-      raise ValueError(
-        f'{self.name} has {len(train)} training examples, fewer than one '
-        f'batch per process ({self.batch_size} x {self.shard_count} '
-        'processes)'
-      )
-    return loader.shuffled_loader(train, [self._pad], **self.loader_options)
+    return self._batch_loader(
+      self.splits['train'], [self._pad], 'training examples'
+    )
 
   def _eval_batches(
     self, split: str, max_batches: int

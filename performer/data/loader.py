@@ -179,6 +179,23 @@ class Datasets:
   ) -> Iterator[dict[str, np.ndarray]]:
     raise NotImplementedError
 
+  def _batch_loader(
+    self, source: Sequence[Any], operations: list, unit: str
+  ) -> grain.DataLoader:
+    """`shuffled_loader` of `source`, which must fill one batch per shard.
+
+    Args:
+      source: the training records.
+      operations: grain transforms of each record.
+      unit: what a record is, for the error ('training examples').
+    """
+    if len(source) < self.shard_count * self.batch_size:
+      raise ValueError(
+        f'{self.name} has {len(source)} {unit}, fewer than one batch per '
+        f'process ({self.batch_size} x {self.shard_count} processes)'
+      )
+    return shuffled_loader(source, operations, **self.loader_options)
+
   def _require_train(self, message: str = '') -> None:
     if 'train' not in self.splits:
       raise ValueError(message or f'{self.name} has no train split')

@@ -215,14 +215,9 @@ class MaskedInputDatasets(loader.Datasets):
     )
 
   def _open_train_loader(self) -> grain.DataLoader:
-    train = self.splits['train']
-    if len(train) < self.shard_count * self.batch_size:
-      raise ValueError(
-        f'{self.name} has {len(train)} training sequences, fewer than one '
-        f'batch per process ({self.batch_size} x {self.shard_count} '
-        'processes)'
-      )
-    return loader.shuffled_loader(train, [self._masker], **self.loader_options)
+    return self._batch_loader(
+      self.splits['train'], [self._masker], 'training sequences'
+    )
 
   def _eval_batches(
     self, split: str, max_batches: int
