@@ -249,6 +249,7 @@ def _quiet_failed_reads():
   thousands of lines that bury the one warning that matters. The failure
   itself still raises and is reported by the caller.
   """
+  _drop_closed_loop_callbacks()  # Before `previous`: it stays installed.
   previous = sys.unraisablehook
 
   def hook(unraisable):
@@ -266,6 +267,32 @@ def _quiet_failed_reads():
     # Collect what the failed read left behind while the hook is in place.
     gc.collect()
     sys.unraisablehook = previous
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Keeps TensorStore's late callbacks of a failed read off the console.
+
+  The reads still pending when one fails complete later, on TensorStore's
+  threads, and hand their results to Orbax's event loop, closed by then:
+  each raises 'RuntimeError: Event loop is closed' in a done-callback,
+  which Python reports through sys.unraisablehook (a bare traceback), at
+  any time after the failure, also after `_quiet_failed_reads` has put the
+  previous hook back. So from the first checkpoint restore on, that one
+  exception (and only it) is dropped for the rest of the process; anything
+  else still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
 
 
 class Checkpoints:

@@ -334,3 +334,30 @@ def test_corrupted_checkpoint_gives_one_warning_not_pages_of_noise(
   assert 'Event loop is closed' not in output, output
   assert 'Traceback' not in output, output
   assert json.loads(output.splitlines()[-1])['step'] == STEPS
+
+
+def test_late_closed_loop_callbacks_are_dropped_and_nothing_else(monkeypatch):
+  """TensorStore callbacks that finish after a failed restore (and after
+  its quieting block) must not print 'Event loop is closed' tracebacks; any
+  other exception of a callback still reaches the hook."""
+  import tensorstore as ts
+
+  from performer import workdir as workdir_lib
+
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', lambda u: seen.append(u.exc_value))
+  with workdir_lib._quiet_failed_reads():
+    pass  # A restore; its reads' callbacks may arrive after it.
+  for message in ('Event loop is closed', 'something else'):
+    promise, future = ts.Promise.new()
+
+    def callback(_, message=message):
+      raise RuntimeError(message)
+
+    future.add_done_callback(callback)
+    promise.set_result(0)
+  deadline = time.time() + 5
+  while not seen and time.time() < deadline:
+    time.sleep(0.01)
+  time.sleep(0.1)
+  assert [str(e) for e in seen] == ['something else']
