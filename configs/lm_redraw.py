@@ -35,7 +35,9 @@ The CPU sweep (docs/experiments.md, part 3):
 
 Arguments (after the colon): attention=favor|softmax|... (the features and
 redraw arguments apply to favor), features=positive|trig, redraw=N (steps
-between redraws; 0 = never), data=shakespeare|pg19.
+between redraws; 0 = never), data=shakespeare|pg19, steps=N (the run
+length; 0 = the setting's, 300 or 100,000; warmup 10% of N, validation
+about 24 times).
 """
 
 import ml_collections
@@ -49,7 +51,12 @@ DATA = ('shakespeare', 'pg19')
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config; `arg` as described in the module docstring."""
   args = common.parse_arg(
-    arg, attention='favor', features='positive', redraw=0, data='shakespeare'
+    arg,
+    attention='favor',
+    features='positive',
+    redraw=0,
+    data='shakespeare',
+    steps=0,
   )
   if args.features not in FEATURES:
     raise ValueError(
@@ -57,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
   if args.redraw < 0:
     raise ValueError(f'redraw must be >= 0 steps, got {args.redraw}')
+  if args.steps < 0:
+    raise ValueError(
+      f"steps must be >= 0 (0: the setting's default), got {args.steps}"
+    )
   if args.data not in DATA:
     raise ValueError(f'data={args.data!r}; valid: {", ".join(DATA)}')
   config = common.base_config()
@@ -117,6 +128,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_max_batches = 50
     config.checkpoint_every_steps = 2000
     config.sample_num_tokens = 0
+  if args.steps:
+    # A longer (or shorter) run of the same setting: the warmup stays 10%
+    # of it and validation keeps about 24 points on the curve.
+    config.num_train_steps = args.steps
+    config.warmup_steps = max(1, args.steps // 10)
+    cadence = max(25, args.steps // 24)
+    config.eval_every_steps = cadence
+    config.log_every_steps = cadence
   config.keep_checkpoints = 1
   config.schedule = 'cosine'
   config.weight_decay = 0.1

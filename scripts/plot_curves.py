@@ -10,6 +10,10 @@ without the workdirs.
     --labels='no redraw,redraw every 100' --metric=accuracy \
     --png=docs/experiments/redraw.png --json=docs/experiments/redraw.json
 
+Runs given the same label are the seeds of one setting: they are drawn as
+their mean with a band of one standard deviation, and the JSON keeps every
+run's values besides (`--labels=softmax,softmax,softmax,favor,...`).
+
 Errors name the problem: a missing workdir or metrics.jsonl, or a metric
 that the file does not hold (the message lists those it does).
 """
@@ -52,8 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   labels = labels or [os.path.basename(w.rstrip('/')) for w in args.workdirs]
   metric = args.metric or curves_lib.default_metric(args.split)
   try:
-    curves = curves_lib.curves_of(
-      list(zip(labels, args.workdirs, strict=True)), metric, args.split
+    curves = curves_lib.grouped(
+      curves_lib.curves_of(
+        list(zip(labels, args.workdirs, strict=True)), metric, args.split
+      )
     )
   except (FileNotFoundError, ValueError) as error:
     print(f'error: {error}', file=sys.stderr)

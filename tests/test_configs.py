@@ -228,3 +228,19 @@ def _module_doc(path: str) -> str:
   with open(os.path.join(REPO, path)) as f:
     source = f.read()
   return source.split('"""')[1]
+
+
+def test_redraw_sweep_run_length():
+  """lm_redraw's steps=N: the run length, a 10% warmup and ~24 validation
+  points; the default keeps 300 steps; a negative length names the value."""
+  default = _parse_flags('--config=configs/lm_redraw.py')
+  assert default.num_train_steps == 300 and default.warmup_steps == 30
+  config = _parse_flags('--config=configs/lm_redraw.py:steps=2400,redraw=100')
+  assert config.num_train_steps == 2400
+  assert config.warmup_steps == 240
+  assert config.eval_every_steps == config.log_every_steps == 100
+  assert config.model.attention_options.favor.redraw_interval == 100
+  from configs import lm_redraw
+
+  with pytest.raises(ValueError, match='steps must be >= 0.*got -5'):
+    lm_redraw.get_config('steps=-5')

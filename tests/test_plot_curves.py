@@ -79,6 +79,36 @@ def test_main_writes_png_and_the_plotted_points(tmp_path, capsys):
   assert 'present: accuracy, loss' in capsys.readouterr().err
 
 
+def test_runs_with_one_label_are_drawn_as_mean_and_spread(tmp_path):
+  """Seeds of one setting: the mean and sample std at the common steps,
+  against numpy; every run's values kept; a lone run passes through."""
+  import numpy as np
+
+  values = {'s0': [0.1, 0.2, 0.4], 's1': [0.2, 0.3, 0.5], 's2': [0.3, 0.1]}
+  dirs = []
+  for name, vals in values.items():
+    records = [
+      {'step': 10 * (k + 1), 'split': 'validation', 'accuracy': v}
+      for k, v in enumerate(vals)
+    ]
+    dirs.append(_workdir(tmp_path / name, records))
+  lone = _workdir(tmp_path / 'lone', RECORDS)
+  out = tmp_path / 'c.json'
+  code = plot_curves.main(
+    [*dirs, lone, '--labels=seeds,seeds,seeds,lone']
+    + [f'--png={tmp_path / "c.png"}', f'--json={out}']
+  )
+  assert code == 0
+  seeds, single = json.loads(out.read_text())['curves']
+  assert seeds['steps'] == [10, 20]  # Step 30 is missing from s2.
+  table = np.array([v[:2] for v in values.values()])
+  np.testing.assert_allclose(seeds['values'], table.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(seeds['std'], table.std(0, ddof=1), rtol=1e-12)
+  assert seeds['n'] == 3
+  assert [r['values'] for r in seeds['runs']] == table.tolist()
+  assert single['label'] == 'lone' and 'std' not in single
+
+
 def test_backward_compat_summary(tmp_path):
   """scripts/backward_compat.py's numbers, from two fake workdirs."""
   softmax = _workdir(

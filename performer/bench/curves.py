@@ -75,7 +75,8 @@ def plot_curves(
 
   Args:
     curves: dicts with 'label', 'steps', 'values' and optionally 'workdir',
-      'style' (a matplotlib format such as '--') and 'marker'.
+      'style' (a matplotlib format such as '--'), 'marker', and, for a
+      group of seeds (`grouped`), 'std', 'n' and 'runs'.
     metric: the y axis.
     split: named in the axis label.
     png: the PNG to write ('' = none).
@@ -96,7 +97,9 @@ def plot_curves(
         'workdir': c.get('workdir', ''),
         'steps': list(c['steps']),
         # JSON has no NaN: a diverged value is recorded as null.
-        'values': [v if math.isfinite(v) else None for v in c['values']],
+        'values': _finite_or_none(c['values']),
+        **{key: c[key] for key in ('n', 'runs') if key in c},
+        **({'std': _finite_or_none(c['std'])} if 'std' in c else {}),
       }
       for c in curves
     ],
@@ -106,14 +109,21 @@ def plot_curves(
   if png:
     fig, ax = plots.pyplot().subplots(figsize=(6.4, 4.2))
     for c in curves:
-      ax.plot(
+      label = c['label'] + (f' (mean ± std, n = {c["n"]})' if 'n' in c else '')
+      (line,) = ax.plot(
         c['steps'],
         c['values'],
         c.get('style', '-'),
         marker=c.get('marker', 'o' if len(c['steps']) < 30 else None),
         markersize=3,
-        label=c['label'],
+        label=label,
       )
+      if 'std' in c:
+        low = [m - s for m, s in zip(c['values'], c['std'], strict=True)]
+        high = [m + s for m, s in zip(c['values'], c['std'], strict=True)]
+        ax.fill_between(
+          c['steps'], low, high, color=line.get_color(), alpha=0.2
+        )
     ax.set_xlabel('training step')
     ax.set_ylabel(f'{split} {metric}')
     if log_y:
@@ -124,6 +134,10 @@ def plot_curves(
       ax.set_title(title, fontsize=10)
     plots.save_figure(fig, png)
   return record
+
+
+def _finite_or_none(values: Sequence[float]) -> list[float | None]:
+  return [v if math.isfinite(v) else None for v in values]
 
 
 def default_metric(split: str) -> str:
@@ -205,6 +219,53 @@ def curves_of(
       {'label': label, 'workdir': workdir, 'steps': steps, 'values': values}
     )
   return curves
+
+
+def grouped(curves: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Curves that share a label (the seeds of one setting) as one.
+
+  A group of n > 1 runs becomes its mean at the steps every run has, with
+  'std' (sample standard deviation over the runs, n - 1), 'n' and 'runs'
+  (each run's workdir and values at those steps); `plot_curves` draws the
+  mean with a band of one standard deviation. Single runs pass through.
+  Labels keep their first-seen order.
+  """
+  by_label: dict[str, list[dict[str, Any]]] = {}
+  for c in curves:
+    by_label.setdefault(c['label'], []).append(c)
+  out = []
+  for label, group in by_label.items():
+    if len(group) == 1:
+      out.append(group[0])
+      continue
+    steps = sorted(set.intersection(*(set(c['steps']) for c in group)))
+    if not steps:
+      raise ValueError(f'the runs labelled {label!r} share no step')
+    rows = [
+      [dict(zip(c['steps'], c['values'], strict=True))[s] for s in steps]
+      for c in group
+    ]
+    n = len(rows)
+    mean = [sum(col) / n for col in zip(*rows, strict=True)]
+    std = [
+      math.sqrt(sum((v - m) ** 2 for v in col) / (n - 1))
+      for col, m in zip(zip(*rows, strict=True), mean, strict=True)
+    ]
+    out.append(
+      {
+        'label': label,
+        'workdir': '',
+        'steps': steps,
+        'values': mean,
+        'std': std,
+        'n': n,
+        'runs': [
+          {'workdir': c.get('workdir', ''), 'values': row}
+          for c, row in zip(group, rows, strict=True)
+        ],
+      }
+    )
+  return out
 
 
 def written(png: str, json_path: str) -> str:
